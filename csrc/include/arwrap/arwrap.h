@@ -1,0 +1,5 @@
+// Umbrella header for C++ users of libarwrap.
+#pragma once
+
+#include <arwrap/ops.h>
+#include <arwrap/version.h>

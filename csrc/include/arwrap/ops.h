@@ -1,0 +1,90 @@
+// Public C++ entry points of the arwrap operators.
+//
+// Each function here calls the dispatcher (torch::ops arwrap::*), so the same
+// kernels serve Python, TorchScript, torch.compile and pure C++ callers, and
+// autograd works the same from all of them.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace arwrap {
+
+// ---------------------------------------------------------------- shift_tokens
+
+struct ShiftTokensOptions {
+  ShiftTokensOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
+  ShiftTokensOptions& pad_value(int64_t v) { pad_value_ = v; return *this; }
+  ShiftTokensOptions& mask_prob(double v) { mask_prob_ = v; return *this; }
+  ShiftTokensOptions& mask_token_id(std::optional<int64_t> v) { mask_token_id_ = v; return *this; }
+
+  int64_t ignore_index_ = -100;
+  int64_t pad_value_ = 0;
+  double mask_prob_ = 0.0;
+  std::optional<int64_t> mask_token_id_ = std::nullopt;
+};
+
+struct ShiftedTokens {
+  at::Tensor input;   // (b, n): x[:, :-1], ignored positions set to pad_value (and
+                      // masked positions set to mask_token_id when one is given)
+  at::Tensor target;  // (b, n): x[:, 1:], positions at or past lens set to ignore_index
+  at::Tensor mask;    // (b, n) bool, true = kept (x-transformers' self_attn_kv_mask);
+                      // undefined when mask_prob == 0
+};
+
+// From token ids x (b, n + 1) and optional lens (b,), produce the input and target
+// of AutoregressiveWrapper.forward. With mask_prob > 0, exactly
+// min(int(n * mask_prob), n - 1) positions per row (never position 0) are masked;
+// they are drawn as the top-k of a standard normal draw from `generator`
+// (the default CPU generator when none is given), or taken from `noise` (b, n)
+// when the caller injects the draw.
+ShiftedTokens shift_tokens(
+    const at::Tensor& x,
+    const std::optional<at::Tensor>& lens = std::nullopt,
+    const ShiftTokensOptions& options = {},
+    std::optional<at::Generator> generator = std::nullopt,
+    const std::optional<at::Tensor>& noise = std::nullopt);
+
+// ---------------------------------------------------------------- cross_entropy
+
+struct CrossEntropyOptions {
+  CrossEntropyOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
+  // "mean" (over non-ignored targets), "sum" or "none"
+  CrossEntropyOptions& reduction(std::string v) { reduction_ = std::move(v); return *this; }
+  CrossEntropyOptions& label_smoothing(double v) { label_smoothing_ = v; return *this; }
+  CrossEntropyOptions& z_loss_weight(double v) { z_loss_weight_ = v; return *this; }
+  // Write the gradient over the logits buffer (the logits are clobbered when the
+  // loss requires grad); peak memory is then one logits tensor plus O(rows).
+  CrossEntropyOptions& inplace_backward(bool v) { inplace_backward_ = v; return *this; }
+
+  int64_t ignore_index_ = -100;
+  std::string reduction_ = "mean";
+  double label_smoothing_ = 0.0;
+  double z_loss_weight_ = 0.0;
+  bool inplace_backward_ = false;
+};
+
+// Cross-entropy of logits (..., V) against int64 targets (...), float32 loss.
+// Rows whose target is ignore_index contribute nothing; if every target is
+// ignored the mean is 0 with zero gradients (PyTorch gives NaN).
+at::Tensor cross_entropy(
+    const at::Tensor& logits,
+    const at::Tensor& target,
+    const CrossEntropyOptions& options = {});
+
+// Same, also returning the per-row log-sum-exp (float32, shape of target),
+// which is differentiable.
+std::tuple<at::Tensor, at::Tensor> cross_entropy_with_lse(
+    const at::Tensor& logits,
+    const at::Tensor& target,
+    const CrossEntropyOptions& options = {});
+
+// True when libarwrap was built with its CUDA kernels.
+bool built_with_cuda();
+
+}  // namespace arwrap

@@ -1,0 +1,6 @@
+#pragma once
+
+#define ARWRAP_VERSION_MAJOR 0
+#define ARWRAP_VERSION_MINOR 1
+#define ARWRAP_VERSION_PATCH 0
+#define ARWRAP_VERSION "0.1.0"

@@ -1,0 +1,189 @@
+// Autograd kernels (C++ torch::autograd::Function), so that gradients work the
+// same from Python, TorchScript, torch.compile and pure C++.
+//
+// cross_entropy picks one of two strategies in its forward:
+//  * fused (reduction mean/sum, lse not returned, logits require grad): the
+//    forward also computes dloss/dlogits for an upstream gradient of 1, reading
+//    the logits once and writing the gradient once; backward only rescales it when
+//    the upstream gradient is not 1. With inplace_backward the gradient is written
+//    over the logits (their version counter is bumped, so a node that saved them
+//    fails loudly instead of computing with clobbered values).
+//  * plain (reduction none, or lse returned): the forward saves lse; backward
+//    reads the logits once and writes the gradient (over the logits with
+//    inplace_backward).
+// In-place writes are skipped (out-of-place instead, same results) when the
+// logits are traced (fake or functional tensors, a dispatch mode is active), as
+// under torch.compile, which plans its own buffers.
+#include "../common.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/library.h>
+
+namespace arwrap::ops::autograd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using FwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, int64_t, double,
+                                                  double);
+using FwdGradSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                  int64_t, double, double);
+using BwdSig = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, int64_t, int64_t, double, double);
+using BwdInplaceSig = void(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, int64_t, int64_t, double, double);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// True for real CPU/CUDA tensors in eager mode (where writing in place is ours to do).
+bool is_plain_eager(const at::Tensor& t) {
+  if (!(t.is_cpu() || t.is_cuda())) return false;
+  if (t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize)) return false;
+  return !c10::impl::TorchDispatchModeTLS::any_modes_set();
+}
+
+class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target,
+                               int64_t ignore_index, c10::string_view reduction_str, double eps, double w,
+                               bool inplace_backward, bool return_lse, bool needs_grad) {
+    const Reduction reduction = parse_reduction(reduction_str);
+    const auto red = static_cast<int64_t>(reduction);
+    const bool inplace = inplace_backward && logits.stride(-1) == 1 && is_plain_eager(logits);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["reduction"] = red;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["w"] = w;
+    ctx->saved_data["inplace"] = inplace;
+
+    at::AutoDispatchBelowADInplaceOrView guard;
+    if (!needs_grad) {
+      static auto fwd = op<FwdSig>("arwrap::cross_entropy_forward");
+      auto [loss, lse] = fwd.call(logits, target, ignore_index, red, eps, w);
+      ctx->mark_non_differentiable({lse});
+      return {loss, lse};
+    }
+    if (reduction != Reduction::None && !return_lse) {
+      ctx->saved_data["fused"] = true;
+      at::Tensor loss, lse, grad;
+      if (inplace) {
+        static auto fwd = op<FwdSig>("arwrap::cross_entropy_forward_grad_");
+        std::tie(loss, lse) = fwd.call(logits, target, ignore_index, red, eps, w);
+        torch::autograd::impl::bump_version(logits);
+        grad = logits;
+      } else {
+        static auto fwd = op<FwdGradSig>("arwrap::cross_entropy_forward_grad");
+        std::tie(loss, lse, grad) = fwd.call(logits, target, ignore_index, red, eps, w);
+      }
+      ctx->save_for_backward({grad});
+      ctx->mark_non_differentiable({lse});
+      return {loss, lse};
+    }
+    ctx->saved_data["fused"] = false;
+    static auto fwd = op<FwdSig>("arwrap::cross_entropy_forward");
+    auto [loss, lse] = fwd.call(logits, target, ignore_index, red, eps, w);
+    ctx->save_for_backward({logits, target, lse});
+    if (!return_lse) ctx->mark_non_differentiable({lse});
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& grad_loss = grads[0];
+    const at::Tensor& grad_lse = grads[1];
+    const bool inplace = ctx->saved_data["inplace"].toBool();
+    variable_list out(9);
+    auto saved = ctx->get_saved_variables();
+
+    if (ctx->saved_data["fused"].toBool()) {
+      at::Tensor grad = saved[0];
+      if (!grad_loss.defined()) return out;
+      TORCH_CHECK(!ctx->saved_data.count("consumed"),
+                  "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
+                  "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
+      if (grad_loss.is_cpu() && is_plain_eager(grad_loss)) {
+        const double g = grad_loss.item<double>();
+        if (g == 1.0) {
+          out[0] = grad;
+        } else if (inplace) {
+          out[0] = grad.mul_(g);
+          ctx->saved_data["consumed"] = true;
+        } else {
+          out[0] = at::mul(grad, grad_loss);
+        }
+      } else if (inplace && is_plain_eager(grad)) {
+        out[0] = grad.mul_(grad_loss);
+        ctx->saved_data["consumed"] = true;
+      } else {
+        out[0] = at::mul(grad, grad_loss);
+      }
+      return out;
+    }
+
+    const at::Tensor& logits = saved[0];
+    const at::Tensor& target = saved[1];
+    const at::Tensor& lse = saved[2];
+    if (!grad_loss.defined() && !grad_lse.defined()) return out;
+    const at::Tensor gl = grad_loss.defined()                          ? grad_loss
+                          : ctx->saved_data["reduction"].toInt() == 0 ? at::zeros_like(lse)
+                                                                      : at::zeros({}, lse.options());
+    const auto ignore_index = ctx->saved_data["ignore_index"].toInt();
+    const auto red = ctx->saved_data["reduction"].toInt();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const double w = ctx->saved_data["w"].toDouble();
+    std::optional<at::Tensor> glse;
+    if (grad_lse.defined()) glse = grad_lse;
+    if (inplace && is_plain_eager(logits)) {
+      static auto bwd = op<BwdInplaceSig>("arwrap::cross_entropy_backward_");
+      bwd.call(gl, glse, logits, target, lse, ignore_index, red, eps, w);
+      torch::autograd::impl::bump_version(logits);
+      out[0] = logits;
+    } else {
+      static auto bwd = op<BwdSig>("arwrap::cross_entropy_backward");
+      out[0] = bwd.call(gl, glse, logits, target, lse, ignore_index, red, eps, w);
+    }
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& logits, const at::Tensor& target,
+                                                          int64_t ignore_index, c10::string_view reduction,
+                                                          double label_smoothing, double z_loss_weight,
+                                                          bool inplace_backward, bool return_lse) {
+  const bool needs_grad = at::GradMode::is_enabled() && logits.requires_grad();
+  auto outs = CrossEntropyFunction::apply(logits, target, ignore_index, reduction, label_smoothing, z_loss_weight,
+                                          inplace_backward, return_lse, needs_grad);
+  return {outs[0], outs[1]};
+}
+
+// shift_tokens has no differentiable output: run it below autograd.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_autograd(
+    const at::Tensor& x, const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& noise,
+    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id) {
+  static auto shift = c10::Dispatcher::singleton()
+                          .findSchemaOrThrow("arwrap::shift_tokens", "")
+                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                              const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                              int64_t, int64_t, double, std::optional<int64_t>)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return shift.call(x, lens, noise, ignore_index, pad_value, mask_prob, mask_token_id);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
+  m.impl("cross_entropy", &cross_entropy_autograd);
+  m.impl("shift_tokens", &shift_tokens_autograd);
+}
+
+}  // namespace arwrap::ops::autograd

@@ -1,0 +1,160 @@
+// Argument checks and output allocation shared by every kernel of an operator
+// (CPU, CUDA and Meta), so that shapes and errors are written once.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+#include <string_view>
+
+namespace arwrap::ops {
+
+enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+inline Reduction parse_reduction(std::string_view r) {
+  if (r == "mean") return Reduction::Mean;
+  if (r == "sum") return Reduction::Sum;
+  if (r == "none") return Reduction::None;
+  TORCH_CHECK_VALUE(false, "cross_entropy: reduction must be 'mean', 'sum' or 'none', got '", r, "'");
+}
+
+inline Reduction to_reduction(int64_t r) {
+  TORCH_CHECK_VALUE(r >= 0 && r <= 2, "cross_entropy: internal reduction code must be 0, 1 or 2, got ", r);
+  return static_cast<Reduction>(r);
+}
+
+// ------------------------------------------------------------------ cross_entropy
+
+struct CrossEntropyOutputs {
+  at::Tensor loss;  // float32 (float64 for float64 logits): 0-dim for mean/sum, target's shape for none
+  at::Tensor lse;   // same dtype, target's shape
+};
+
+// Loss and lse are float32, or float64 for float64 logits (reference precision, gradcheck).
+inline at::ScalarType loss_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_cross_entropy_args(
+    const at::Tensor& logits, const at::Tensor& target, double label_smoothing, double z_loss_weight) {
+  TORCH_CHECK_VALUE(logits.defined(), "cross_entropy: logits is undefined");
+  TORCH_CHECK_VALUE(target.defined(), "cross_entropy: target is undefined");
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK_VALUE(
+      dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+      "cross_entropy: logits must be float32, float64, bfloat16 or float16, got ", dt);
+  TORCH_CHECK_VALUE(logits.dim() >= 1, "cross_entropy: logits must have at least 1 dimension (..., V), got a 0-dim tensor");
+  TORCH_CHECK_VALUE(logits.size(-1) >= 1, "cross_entropy: logits' last dimension (the vocabulary) must be at least 1, got ", logits.size(-1));
+  TORCH_CHECK_VALUE(target.scalar_type() == at::kLong,
+                    "cross_entropy: target must be int64 (torch.long) class indices, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.dim() == logits.dim() - 1 &&
+                        target.sizes() == logits.sizes().slice(0, logits.dim() - 1),
+                    "cross_entropy: target must have the shape of logits without its last dimension: logits ",
+                    logits.sizes(), " expects target ", logits.sizes().slice(0, logits.dim() - 1), ", got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(logits.device() == target.device(), "cross_entropy: logits (", logits.device(),
+                    ") and target (", target.device(), ") must be on the same device");
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                    "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0,
+                    "cross_entropy: z_loss_weight must be finite and >= 0, got ", z_loss_weight);
+}
+
+inline CrossEntropyOutputs alloc_cross_entropy_outputs(
+    const at::Tensor& logits, const at::Tensor& target, Reduction reduction) {
+  auto opts = logits.options().dtype(loss_dtype(logits));
+  CrossEntropyOutputs out;
+  out.lse = at::empty(target.sizes(), opts);
+  out.loss = reduction == Reduction::None ? at::empty(target.sizes(), opts) : at::empty({}, opts);
+  return out;
+}
+
+inline void check_cross_entropy_backward_args(
+    const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
+    const at::Tensor& target, const at::Tensor& lse, Reduction reduction) {
+  const auto ld = loss_dtype(logits);
+  TORCH_CHECK_VALUE(grad_loss.scalar_type() == ld, "cross_entropy_backward: grad_loss must be ", ld, ", got ",
+                    grad_loss.scalar_type());
+  if (reduction == Reduction::None) {
+    TORCH_CHECK_VALUE(grad_loss.sizes() == target.sizes(), "cross_entropy_backward: grad_loss must have shape ",
+                      target.sizes(), ", got ", grad_loss.sizes());
+  } else {
+    TORCH_CHECK_VALUE(grad_loss.numel() == 1, "cross_entropy_backward: grad_loss must be a scalar, got shape ",
+                      grad_loss.sizes());
+  }
+  TORCH_CHECK_VALUE(lse.scalar_type() == ld && lse.sizes() == target.sizes(),
+                    "cross_entropy_backward: lse must be ", ld, " of shape ", target.sizes());
+  if (grad_lse.has_value() && grad_lse->defined()) {
+    TORCH_CHECK_VALUE(grad_lse->scalar_type() == ld && grad_lse->sizes() == target.sizes(),
+                      "cross_entropy_backward: grad_lse must be ", ld, " of shape ", target.sizes());
+  }
+  TORCH_CHECK_VALUE(grad_loss.device() == logits.device() && lse.device() == logits.device(),
+                    "cross_entropy_backward: all tensors must be on ", logits.device());
+}
+
+// ------------------------------------------------------------------ shift_tokens
+
+struct ShiftTokensOutputs {
+  at::Tensor input;   // (b, n) int64
+  at::Tensor target;  // (b, n) int64
+  at::Tensor mask;    // (b, n) bool when mask_prob > 0, else an empty (0,) tensor
+};
+
+inline int64_t num_masked(int64_t n, double mask_prob) {
+  // x-transformers: min(int(seq * mask_prob), seq - 1), with seq = n the input length
+  const auto k = static_cast<int64_t>(static_cast<double>(n) * mask_prob);
+  return std::min(k, n - 1);
+}
+
+inline void check_shift_tokens_args(
+    const at::Tensor& x, const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& noise,
+    double mask_prob, std::optional<int64_t> mask_token_id) {
+  TORCH_CHECK_VALUE(x.defined(), "shift_tokens: x is undefined");
+  TORCH_CHECK_VALUE(x.dim() == 2, "shift_tokens: x must be 2-D token ids (batch, seq_len + 1), got ", x.dim(),
+                    "-D with shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kLong, "shift_tokens: x must be int64 (torch.long) token ids, got ",
+                    x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) >= 2, "shift_tokens: x must have seq_len + 1 >= 2 tokens per row to form an input and a "
+                    "target, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(mask_prob) && mask_prob >= 0.0 && mask_prob < 1.0,
+                    "shift_tokens: mask_prob must be in [0, 1), got ", mask_prob);
+  if (mask_token_id.has_value()) {
+    TORCH_CHECK_VALUE(*mask_token_id >= 0, "shift_tokens: mask_token_id must be a token id >= 0, got ", *mask_token_id);
+  }
+  if (lens.has_value() && lens->defined()) {
+    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == x.size(0), "shift_tokens: lens must have shape (",
+                      x.size(0), ",) (one length per row of x), got ", lens->sizes());
+    TORCH_CHECK_VALUE(lens->scalar_type() == at::kLong || lens->scalar_type() == at::kInt,
+                      "shift_tokens: lens must be int64 or int32, got ", lens->scalar_type());
+    TORCH_CHECK_VALUE(lens->device() == x.device(), "shift_tokens: lens (", lens->device(), ") must be on x's device (",
+                      x.device(), ")");
+  }
+  const int64_t n = x.size(1) - 1;
+  if (mask_prob > 0.0) {
+    TORCH_CHECK_VALUE(noise.has_value() && noise->defined(),
+                      "shift_tokens: mask_prob > 0 needs the random draw `noise` of shape (", x.size(0), ", ", n,
+                      "); the Python and C++ functions draw it for you");
+  }
+  if (noise.has_value() && noise->defined()) {
+    TORCH_CHECK_VALUE(noise->dim() == 2 && noise->size(0) == x.size(0) && noise->size(1) == n,
+                      "shift_tokens: noise must have shape (", x.size(0), ", ", n, "), got ", noise->sizes());
+    TORCH_CHECK_VALUE(noise->scalar_type() == at::kFloat || noise->scalar_type() == at::kDouble,
+                      "shift_tokens: noise must be float32 or float64, got ", noise->scalar_type());
+    TORCH_CHECK_VALUE(noise->device() == x.device(), "shift_tokens: noise (", noise->device(),
+                      ") must be on x's device (", x.device(), ")");
+  }
+}
+
+inline ShiftTokensOutputs alloc_shift_tokens_outputs(const at::Tensor& x, double mask_prob) {
+  const int64_t b = x.size(0), n = x.size(1) - 1;
+  ShiftTokensOutputs out;
+  out.input = at::empty({b, n}, x.options());
+  out.target = at::empty({b, n}, x.options());
+  out.mask = mask_prob > 0.0 ? at::empty({b, n}, x.options().dtype(at::kBool)) : at::empty({0}, x.options().dtype(at::kBool));
+  return out;
+}
+
+}  // namespace arwrap::ops

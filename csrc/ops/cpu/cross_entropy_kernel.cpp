@@ -1,0 +1,410 @@
+// CPU kernels of the fused cross-entropy.
+//
+// Per row z (length V) with target t, label smoothing eps and z-loss weight w:
+//   lse    = log sum_j exp(z_j)
+//   nll    = lse - z_t = log1p(sum_{j != t} exp(z_j - z_t))   (no cancellation for
+//            confident rows: the sum over j != t is accumulated apart from z_t)
+//   loss   = (1 - eps) nll + eps (lse - mean_j z_j) + w lse^2
+//   dloss/dz_j = p_j (1 + 2 w lse) - eps / V - (1 - eps) [j == t],   p = softmax(z)
+// and for the true class p_t - 1 = -sum_{j != t} p_j, again without cancellation.
+//
+// Memory traffic per row: the forward reads z once (blocks of kBlock values:
+// a max pass and an exp-sum pass over an L1-resident block, an online rescale
+// between blocks). The fused forward+gradient then writes the gradient in a second
+// sweep over the row, which is still in L2: one read and one write of the logits
+// in all. The plain backward reads z and writes the gradient once.
+//
+// Every row is computed by one thread, and the loss is reduced over rows in a
+// fixed order in double, so results are bitwise independent of the thread count.
+#include "../common.h"
+#include "softmax_simd.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorUtils.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace arwrap::ops::cpu {
+namespace {
+
+constexpr int64_t kBlock = 2048;
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Where each row of logits (..., V) starts, for any strides of the leading dims.
+struct RowIndex {
+  int64_t nrows = 1;
+  std::vector<int64_t> sizes, strides;  // leading dims only
+  explicit RowIndex(const at::Tensor& t) {
+    for (int64_t d = 0; d + 1 < t.dim(); ++d) {
+      sizes.push_back(t.size(d));
+      strides.push_back(t.stride(d));
+      nrows *= t.size(d);
+    }
+  }
+  int64_t offset(int64_t row) const {
+    int64_t off = 0;
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      off += (row % sizes[d]) * strides[d];
+      row /= sizes[d];
+    }
+    return off;
+  }
+};
+
+// ---- float32 primitives over a block of values of any storage type ----------
+
+struct Stats {
+  double m = -std::numeric_limits<double>::infinity();  // running max
+  double s_excl = 0.0;                                  // sum_{j != t} exp(z_j - m)
+  double sum_z = 0.0;                                   // sum_j z_j (label smoothing)
+};
+
+// Converts a block of T to float in buf (or points at it directly for float).
+template <typename T>
+inline const float* as_float(const T* z, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return z;
+  } else {
+    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(z[j]);
+    return buf;
+  }
+}
+
+// Forward statistics of one row, for T in {float, bf16, half}.
+template <typename T>
+Stats row_stats_f32(const T* z, int64_t V, int64_t t, bool need_sum_z, float* buf) {
+  const auto& k = simd::kernels();
+  float m = -std::numeric_limits<float>::infinity();
+  float s = 0.0f;
+  double sum_z = 0.0;
+  for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, V - b0);
+    const float* x = as_float(z + b0, n, buf);
+    const float bm = k.max_of(x, n);
+    if (bm > m) {
+      s *= std::exp(m - bm);
+      m = bm;
+    }
+    if (t >= b0 && t < b0 + n) {
+      const int64_t tl = t - b0;
+      s += k.sum_exp(x, tl, m) + k.sum_exp(x + tl + 1, n - tl - 1, m);
+    } else {
+      s += k.sum_exp(x, n, m);
+    }
+    if (need_sum_z) sum_z += k.sum_of(x, n);
+  }
+  Stats st;
+  st.m = m;
+  st.s_excl = s;
+  st.sum_z = sum_z;
+  return st;
+}
+
+// Forward statistics of one row in float64 (reference precision, scalar code).
+Stats row_stats_f64(const double* z, int64_t V, int64_t t, bool need_sum_z) {
+  Stats st;
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < V; ++j) m = z[j] > m ? z[j] : m;
+  double s = 0.0, sz = 0.0;
+  for (int64_t j = 0; j < V; ++j) {
+    if (j != t) s += std::exp(z[j] - m);
+    if (need_sum_z) sz += z[j];
+  }
+  if (std::isnan(m)) m = std::numeric_limits<double>::quiet_NaN();
+  st.m = m;
+  st.s_excl = s;
+  st.sum_z = sz;
+  return st;
+}
+
+template <typename T>
+Stats row_stats(const T* z, int64_t V, int64_t t, bool need_sum_z, float* buf) {
+  if constexpr (std::is_same_v<T, double>) {
+    (void)buf;
+    return row_stats_f64(z, V, t, need_sum_z);
+  } else {
+    return row_stats_f32(z, V, t, need_sum_z, buf);
+  }
+}
+
+struct RowLoss {
+  double lse, loss;
+};
+
+// lse and the loss of a row from its statistics (double arithmetic, O(1)).
+inline RowLoss row_loss(const Stats& st, double zt, int64_t V, bool ignored, double eps, double w) {
+  RowLoss r{};
+  if (ignored) {
+    r.lse = st.m + std::log(st.s_excl);  // here s_excl is the sum over all j
+    r.loss = 0.0;
+    return r;
+  }
+  const double d = st.m - zt;  // >= 0 (NaN propagates)
+  const double e_t = std::exp(-d);
+  r.lse = st.m + std::log(st.s_excl + e_t);
+  // nll = log(1 + sum_{j!=t} exp(z_j - z_t)); exp(d) overflows only for absurd d
+  const double nll = d < 600.0 ? std::log1p(st.s_excl * std::exp(d)) : d + std::log(st.s_excl + e_t);
+  double loss = (1.0 - eps) * nll;
+  if (eps > 0.0) loss += eps * (r.lse - st.sum_z / static_cast<double>(V));
+  if (w > 0.0) loss += w * r.lse * r.lse;
+  r.loss = loss;
+  return r;
+}
+
+// Writes the gradient of one row: out_j = c (p_j (1 + 2 w lse) - eps/V - (1-eps)[j==t]) + g_lse p_j,
+// with p_t - 1 taken as -sum_{j != t} p_j. out may alias z.
+template <typename T>
+void row_grad(const T* z, T* out, int64_t V, int64_t t, double lse, double c, double g_lse, double eps, double w,
+              float* buf) {
+  const double a = c * (1.0 + 2.0 * w * lse) + g_lse;
+  const double b = -c * eps / static_cast<double>(V);
+  if (a == 0.0 && b == 0.0 && t < 0) {  // ignored row, nothing flows back
+    std::fill(out, out + V, T(0));
+    return;
+  }
+  const double zt = t >= 0 ? static_cast<double>(z[t]) : 0.0;  // read before out overwrites it
+  double q = 0.0;                                               // sum_{j != t} p_j
+  if constexpr (std::is_same_v<T, double>) {
+    (void)buf;
+    for (int64_t j = 0; j < V; ++j) {
+      const double p = std::exp(z[j] - lse);
+      if (j != t) q += p;
+      out[j] = a * p + b;
+    }
+  } else {
+    const auto& k = simd::kernels();
+    const float af = static_cast<float>(a), bf = static_cast<float>(b), lf = static_cast<float>(lse);
+    for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
+      const int64_t n = std::min(kBlock, V - b0);
+      if constexpr (std::is_same_v<T, float>) {
+        if (t >= b0 && t < b0 + n) {
+          const int64_t tl = t - b0;
+          q += k.grad_affine(z + b0, out + b0, tl, lf, af, bf);
+          q += k.grad_affine(z + b0 + tl + 1, out + b0 + tl + 1, n - tl - 1, lf, af, bf);
+        } else {
+          q += k.grad_affine(z + b0, out + b0, n, lf, af, bf);
+        }
+      } else {
+        const float* x = as_float(z + b0, n, buf);
+        if (t >= b0 && t < b0 + n) {
+          const int64_t tl = t - b0;
+          q += k.grad_affine(x, buf, tl, lf, af, bf);
+          q += k.grad_affine(x + tl + 1, buf + tl + 1, n - tl - 1, lf, af, bf);
+        } else {
+          q += k.grad_affine(x, buf, n, lf, af, bf);
+        }
+        for (int64_t j = 0; j < n; ++j) out[b0 + j] = static_cast<T>(buf[j]);
+      }
+    }
+  }
+  if (t >= 0) {
+    const double pt = std::exp(zt - lse);
+    out[t] = static_cast<T>(c * (-q + 2.0 * w * lse * pt + eps - eps / static_cast<double>(V)) + g_lse * pt);
+  }
+}
+
+// ---- validation -------------------------------------------------------------
+
+// Checks target values and counts the non-ignored ones (before any write, so an
+// error never leaves the logits half overwritten).
+int64_t count_valid_targets(const at::Tensor& target, int64_t V, int64_t ignore_index) {
+  const int64_t* t = target.data_ptr<int64_t>();
+  const int64_t N = target.numel();
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t ti = t[i];
+    if (ti == ignore_index) continue;
+    TORCH_CHECK_INDEX(ti >= 0 && ti < V, "cross_entropy: target must be in [0, ", V, ") or ignore_index (",
+                      ignore_index, "), got ", ti, " at flat position ", i);
+    ++count;
+  }
+  return count;
+}
+
+// Per-row values (loss, lse) go through double vectors: O(rows), any loss dtype.
+void write_rows(const at::Tensor& dst, const std::vector<double>& v) {
+  if (dst.scalar_type() == at::kDouble) {
+    double* p = dst.data_ptr<double>();
+    for (size_t i = 0; i < v.size(); ++i) p[i] = v[i];
+  } else {
+    float* p = dst.data_ptr<float>();
+    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<float>(v[i]);
+  }
+}
+
+std::vector<double> read_rows(const at::Tensor& src) {
+  const at::Tensor d = src.to(at::kDouble).contiguous();
+  const double* p = d.data_ptr<double>();
+  return std::vector<double>(p, p + d.numel());
+}
+
+inline int64_t grain_for(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
+
+// ---- the kernels ------------------------------------------------------------
+
+// Forward (and, when grad is defined, the gradient for an upstream gradient of 1
+// on the reduced loss, written into grad, which may be logits itself).
+void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t ignore_index, Reduction reduction,
+                  double eps, double w, const at::Tensor& loss, const at::Tensor& lse, const at::Tensor* grad) {
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), "cross_entropy: expected CPU tensors");
+  const at::Tensor lg = logits.stride(-1) == 1 ? logits : logits.contiguous();
+  TORCH_INTERNAL_ASSERT(grad == nullptr || lg.is_same(logits) || !grad->is_same(logits),
+                        "in-place gradient needs unit stride in the vocabulary dimension");
+  const at::Tensor target = target_in.contiguous();
+  const int64_t V = lg.size(-1);
+  const RowIndex rows(lg);
+  const int64_t N = rows.nrows;
+  const int64_t count = count_valid_targets(target, V, ignore_index);
+  const double c = reduction == Reduction::Mean ? (count > 0 ? 1.0 / static_cast<double>(count) : 0.0) : 1.0;
+
+  std::vector<double> row_losses(static_cast<size_t>(N));
+  std::vector<double> lse_rows(static_cast<size_t>(N));
+  const int64_t* tgt = target.data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_forward", [&] {
+    scalar_t* base = lg.data_ptr<scalar_t>();
+    scalar_t* gbase = grad != nullptr ? grad->data_ptr<scalar_t>() : nullptr;
+    const bool grad_in_place = grad != nullptr && grad->is_same(lg);
+    at::parallel_for(0, N, grain_for(V), [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(kBlock);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* z = base + rows.offset(i);
+        const int64_t t = tgt[i] == ignore_index ? -1 : tgt[i];
+        const Stats st = row_stats<scalar_t>(z, V, t, eps > 0.0 && t >= 0, buf.data());
+        const RowLoss r = row_loss(st, t >= 0 ? static_cast<double>(z[t]) : 0.0, V, t < 0, eps, w);
+        lse_rows[static_cast<size_t>(i)] = r.lse;
+        row_losses[static_cast<size_t>(i)] = r.loss;
+        if (gbase != nullptr) {
+          scalar_t* g = grad_in_place ? const_cast<scalar_t*>(z) : gbase + i * V;
+          row_grad<scalar_t>(z, g, V, t, r.lse, t >= 0 ? c : 0.0, 0.0, eps, w, buf.data());
+        }
+      }
+    });
+  });
+
+  write_rows(lse, lse_rows);
+  if (reduction == Reduction::None) {
+    write_rows(loss, row_losses);
+  } else {
+    double total = 0.0;  // fixed order: bitwise reproducible
+    for (int64_t i = 0; i < N; ++i) total += row_losses[static_cast<size_t>(i)];
+    write_rows(loss, {total * c});
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                             int64_t ignore_index, int64_t reduction,
+                                                             double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, nullptr);
+  return {out.loss, out.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_grad_cpu(
+    const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  at::Tensor grad = at::empty(logits.sizes(), logits.options());  // contiguous
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, &grad);
+  return {out.loss, out.lse, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_grad_inplace_cpu(
+    const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  TORCH_CHECK_VALUE(logits.stride(-1) == 1,
+                    "cross_entropy: inplace_backward needs logits with unit stride in the last dimension, got strides ",
+                    logits.strides());
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, &logits);
+  return {out.loss, out.lse};
+}
+
+// Gradient from saved lse: grad (may be logits itself) = dL/dlogits.
+void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
+                   const at::Tensor& target_in, const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction,
+                   double eps, double w, const at::Tensor& grad) {
+  check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target_in, lse_in, reduction);
+  const at::Tensor lg = logits.stride(-1) == 1 ? logits : logits.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const std::vector<double> lsev = read_rows(lse_in);
+  const std::vector<double> glv = read_rows(grad_loss);
+  const bool has_glse = grad_lse.has_value() && grad_lse->defined();
+  const std::vector<double> glsev = has_glse ? read_rows(*grad_lse) : std::vector<double>();
+  const int64_t V = lg.size(-1);
+  const RowIndex rows(lg);
+  const RowIndex grows(grad);
+  const int64_t N = rows.nrows;
+  const int64_t count = count_valid_targets(target, V, ignore_index);
+  const double* glp = glv.data();
+  double scale = 1.0;
+  if (reduction == Reduction::Mean) scale = count > 0 ? static_cast<double>(glp[0]) / static_cast<double>(count) : 0.0;
+  if (reduction == Reduction::Sum) scale = glp[0];
+  const int64_t* tgt = target.data_ptr<int64_t>();
+  const double* lsep = lsev.data();
+  const double* glsep = has_glse ? glsev.data() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_backward", [&] {
+    const scalar_t* base = lg.data_ptr<scalar_t>();
+    scalar_t* gbase = grad.data_ptr<scalar_t>();
+    at::parallel_for(0, N, grain_for(V), [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(kBlock);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t t = tgt[i] == ignore_index ? -1 : tgt[i];
+        const double c = t < 0 ? 0.0 : (reduction == Reduction::None ? glp[i] : scale);
+        row_grad<scalar_t>(base + rows.offset(i), gbase + grows.offset(i), V, t, lsep[i], c,
+                           glsep != nullptr ? glsep[i] : 0.0, eps, w, buf.data());
+      }
+    });
+  });
+}
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                      const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                                      int64_t ignore_index, int64_t reduction, double label_smoothing,
+                                      double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  at::Tensor grad = at::empty(logits.sizes(), logits.options());
+  backward_impl(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction), label_smoothing,
+                z_loss_weight, grad);
+  return grad;
+}
+
+void cross_entropy_backward_inplace_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                        const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                                        int64_t ignore_index, int64_t reduction, double label_smoothing,
+                                        double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  TORCH_CHECK_VALUE(logits.stride(-1) == 1,
+                    "cross_entropy: inplace_backward needs logits with unit stride in the last dimension, got strides ",
+                    logits.strides());
+  backward_impl(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction), label_smoothing,
+                z_loss_weight, logits);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arwrap, CPU, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
+  m.impl("cross_entropy_forward_grad", &cross_entropy_forward_grad_cpu);
+  m.impl("cross_entropy_forward_grad_", &cross_entropy_forward_grad_inplace_cpu);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace_cpu);
+}
+
+}  // namespace arwrap::ops::cpu

@@ -1,0 +1,62 @@
+// Instantiates softmax_simd.inc for several instruction sets. Deliberately free of
+// any torch header: it compiles in a second.
+#include "softmax_simd.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
+namespace arwrap::ops::cpu::simd::avx512 {
+#include "softmax_simd.inc"
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi2")
+namespace arwrap::ops::cpu::simd::avx2 {
+#include "softmax_simd.inc"
+}
+#pragma GCC pop_options
+#endif
+
+namespace arwrap::ops::cpu::simd::base {
+#include "softmax_simd.inc"
+}
+
+namespace arwrap::ops::cpu::simd {
+namespace {
+
+#define ARWRAP_KERNELS(ns, name) \
+  Kernels{&ns::max_of, &ns::sum_of, &ns::sum_exp, &ns::grad_affine, name}
+
+Kernels pick() {
+  // ARWRAP_CPU_ISA=avx512|avx2|base forces a choice (for tests and benchmarks).
+  const char* forced = std::getenv("ARWRAP_CPU_ISA");
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (forced != nullptr) {
+    if (std::strcmp(forced, "avx512") == 0 && has512) return ARWRAP_KERNELS(avx512, "avx512");
+    if (std::strcmp(forced, "avx2") == 0 && has2) return ARWRAP_KERNELS(avx2, "avx2");
+    if (std::strcmp(forced, "base") == 0) return ARWRAP_KERNELS(base, "base");
+  }
+  if (has512) return ARWRAP_KERNELS(avx512, "avx512");
+  if (has2) return ARWRAP_KERNELS(avx2, "avx2");
+#else
+  (void)forced;
+#endif
+  return ARWRAP_KERNELS(base, "base");
+}
+
+}  // namespace
+
+const Kernels& kernels() {
+  static const Kernels k = pick();
+  return k;
+}
+
+}  // namespace arwrap::ops::cpu::simd

@@ -1,0 +1,18 @@
+// Float32 row primitives of the fused cross-entropy, with run-time selection of
+// the widest instruction set this CPU has (AVX-512, AVX2+FMA, or baseline).
+#pragma once
+
+namespace arwrap::ops::cpu::simd {
+
+struct Kernels {
+  float (*max_of)(const float* x, long n);
+  float (*sum_of)(const float* x, long n);
+  float (*sum_exp)(const float* x, long n, float m);
+  float (*grad_affine)(const float* x, float* out, long n, float lse, float a, float b);
+  const char* isa;
+};
+
+// Chosen once, on first use.
+const Kernels& kernels();
+
+}  // namespace arwrap::ops::cpu::simd

@@ -1,0 +1,38 @@
+"""arwrap_cpp: a native (LibTorch C++) implementation of the autoregressive training step.
+
+Importing this package loads ``libarwrap``, which registers the ``torch.ops.arwrap.*``
+operators (usable from Python, TorchScript, torch.compile and C++ alike).
+"""
+from __future__ import annotations
+
+import os
+
+import torch  # noqa: F401  (libtorch must be loaded before our library)
+
+from . import _C
+from .ops import cross_entropy, shift_tokens
+
+__version__ = _C.__version__
+
+_PKG_DIR = os.path.dirname(os.path.abspath(_C.__file__))
+
+#: Directory to add to CMAKE_PREFIX_PATH so that ``find_package(arwrap)`` finds the
+#: installed C++ package (headers, libarwrap and the ``arwrap::arwrap`` target).
+cmake_prefix_path = os.path.join(_PKG_DIR, "share", "cmake")
+
+#: The shared library holding the operators (for ``torch.ops.load_library`` elsewhere).
+library_path = os.path.join(_PKG_DIR, "lib", "libarwrap.so")
+
+
+def built_with_cuda() -> bool:
+    """True when libarwrap was compiled with its CUDA kernels."""
+    return bool(_C.built_with_cuda())
+
+
+__all__ = [
+    "shift_tokens",
+    "cross_entropy",
+    "cmake_prefix_path",
+    "library_path",
+    "built_with_cuda",
+]

@@ -1,0 +1,101 @@
+"""Python functions over the ``torch.ops.arwrap`` operators.
+
+They only adapt arguments (keyword style, optional outputs); every computation
+happens in the C++ operators, which are shared with TorchScript and C++ callers.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def shift_tokens(
+    x: Tensor,
+    *,
+    lens: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    pad_value: int = 0,
+    mask_prob: float = 0.0,
+    mask_token_id: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    noise: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Split token ids ``x`` of shape ``(b, n + 1)`` into what x-transformers'
+    ``AutoregressiveWrapper.forward`` feeds its net and its loss.
+
+    Returns ``(input, target, mask)``, each ``(b, n)``:
+
+    * ``target = x[:, 1:]``, with positions at or past ``lens`` set to ``ignore_index``;
+    * ``input = x[:, :-1]``, with ``ignore_index`` (and positions past ``lens``)
+      replaced by ``pad_value``;
+    * ``mask`` (bool, ``True`` = kept; x-transformers' ``self_attn_kv_mask``) when
+      ``mask_prob > 0``, else ``None``: exactly ``min(int(n * mask_prob), n - 1)``
+      positions per row are masked, never position 0. They are the top-k of a
+      standard-normal draw from ``generator`` (or of ``noise``, shape ``(b, n)``,
+      to inject the draw). With ``mask_token_id`` the masked input tokens are also
+      replaced by it (the masked-LM variant).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"shift_tokens: x must be a Tensor, got {type(x).__name__}")
+    mask_prob = float(mask_prob)
+    if not (0.0 <= mask_prob < 1.0):
+        raise ValueError(f"shift_tokens: mask_prob must be in [0, 1), got {mask_prob}")
+    if mask_prob > 0.0 and noise is None:
+        if x.dim() != 2 or x.shape[1] < 2:
+            raise ValueError(
+                "shift_tokens: x must be 2-D token ids (batch, seq_len + 1) with seq_len + 1 >= 2, "
+                f"got shape {tuple(x.shape)}"
+            )
+        noise = torch.randn(
+            (x.shape[0], x.shape[1] - 1), generator=generator, device=x.device, dtype=torch.float32
+        )
+    inp, target, mask = torch.ops.arwrap.shift_tokens(
+        x, lens, noise, int(ignore_index), int(pad_value), mask_prob, mask_token_id
+    )
+    return inp, target, (mask if mask_prob > 0.0 else None)
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss_weight: float = 0.0,
+    inplace_backward: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Fused cross-entropy of ``logits`` ``(..., V)`` against int64 ``target`` ``(...)``.
+
+    The loss is float32 whatever the logits' dtype (float32/float64/bfloat16/float16;
+    float64 logits give a float32 loss computed in float64). Per row:
+    ``(1 - label_smoothing) * nll + label_smoothing * (lse - mean(logits)) + z_loss_weight * lse**2``;
+    rows whose target is ``ignore_index`` count for nothing. ``reduction='mean'``
+    divides by the number of non-ignored targets; **if every target is ignored the
+    mean is 0 with zero gradients** (PyTorch and x-transformers return NaN there).
+
+    ``inplace_backward=True`` writes the gradient over the logits buffer (the
+    logits are then clobbered: do not use them after the call), so a training
+    step holds one logits-sized buffer. ``return_lse=True`` also returns the
+    per-row log-sum-exp (differentiable).
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    loss, lse = torch.ops.arwrap.cross_entropy(
+        logits,
+        target,
+        int(ignore_index),
+        reduction,
+        float(label_smoothing),
+        float(z_loss_weight),
+        bool(inplace_backward),
+        bool(return_lse),
+    )
+    if return_lse:
+        return loss, lse
+    return loss
