@@ -103,14 +103,14 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const at::Tensor& grad_lse = grads[1];
     const bool inplace = ctx->saved_data["inplace"].toBool();
     variable_list out(9);
+    TORCH_CHECK(!ctx->saved_data.count("consumed"),
+                "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
+                "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
     auto saved = ctx->get_saved_variables();
 
     if (ctx->saved_data["fused"].toBool()) {
       at::Tensor grad = saved[0];
       if (!grad_loss.defined()) return out;
-      TORCH_CHECK(!ctx->saved_data.count("consumed"),
-                  "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
-                  "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
       if (grad_loss.is_cpu() && is_plain_eager(grad_loss)) {
         const double g = grad_loss.item<double>();
         if (g == 1.0) {
@@ -119,7 +119,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
           out[0] = grad.mul_(g);
           ctx->saved_data["consumed"] = true;
         } else {
-          out[0] = at::mul(grad, grad_loss);
+          out[0] = at::mul(grad, at::Scalar(g));
         }
       } else if (inplace && is_plain_eager(grad)) {
         out[0] = grad.mul_(grad_loss);
@@ -130,6 +130,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
       return out;
     }
 
+    at::AutoDispatchBelowADInplaceOrView guard;
     const at::Tensor& logits = saved[0];
     const at::Tensor& target = saved[1];
     const at::Tensor& lse = saved[2];
@@ -184,6 +185,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_autograd(
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("cross_entropy", &cross_entropy_autograd);
   m.impl("shift_tokens", &shift_tokens_autograd);
+  // The internal operators are the implementation of cross_entropy's forward and
+  // backward: not differentiable themselves.
+  for (const char* name : {"cross_entropy_forward", "cross_entropy_forward_grad", "cross_entropy_forward_grad_",
+                           "cross_entropy_backward", "cross_entropy_backward_"}) {
+    m.impl(name, torch::CppFunction::makeFallthrough());
+  }
 }
 
 }  // namespace arwrap::ops::autograd

@@ -1,0 +1,571 @@
+// CUDA kernels of the fused cross-entropy; the math is that of
+// ../cpu/cross_entropy_kernel.cpp. Per row z (length V) with target t, label
+// smoothing eps and z-loss weight w:
+//   lse    = log sum_j exp(z_j) = m + log(s_excl + exp(z_t - m)),  m = max_j z_j,
+//            s_excl = sum_{j != t} exp(z_j - m)
+//   nll    = lse - z_t = log1p(s_excl exp(m - z_t))       (no cancellation when p_t ~ 1)
+//   loss   = (1 - eps) nll + eps (lse - mean_j z_j) + w lse^2
+//   dloss/dz_j = c (p_j (1 + 2 w lse) - eps / V - (1 - eps) [j == t]) + g_lse p_j
+// with p_t - 1 taken as -sum_{j != t} p_j, c the upstream gradient of the row's loss
+// (1/count for mean) and g_lse that of its lse. Ignored rows: loss 0, gradient 0.
+//
+// One thread block per row (grid-stride over rows); threads read the row with
+// coalesced 16-byte loads when it is 16-byte aligned. Statistics accumulate in
+// float32 (float64 for float64 logits), the per-row loss in float64; block
+// reductions and the reduction over rows have a fixed order, so results are
+// bitwise reproducible for a given shape and layout.
+//
+// Targets are validated first on the device (count of non-ignored targets and the
+// first bad position), checked on the host after one small copy (a sync), before
+// anything is written, so an error never leaves logits half overwritten. The count
+// stays on the device for the kernels; grad_loss is read on the device too.
+#include "../common.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace arwrap::ops::cuda {
+namespace {
+
+using ull = unsigned long long;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMaxRowThreads = 512;
+constexpr int kMaxRowDims = 8;
+constexpr ull kNoPosition = ~0ull;
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+
+// ---- rows of logits (..., V) for any strides of the leading dims -------------
+
+struct RowIndex {
+  int ndim = 0;  // leading dims after dropping size-1 dims and merging contiguous ones
+  int64_t sizes[kMaxRowDims] = {};
+  int64_t strides[kMaxRowDims] = {};
+  __host__ __device__ int64_t offset(int64_t row) const {
+    int64_t off = 0;
+    for (int d = ndim - 1; d >= 0; --d) {
+      off += (row % sizes[d]) * strides[d];
+      row /= sizes[d];
+    }
+    return off;
+  }
+};
+
+// False when more than kMaxRowDims leading dims remain after merging.
+bool make_row_index(const at::Tensor& t, RowIndex& ri) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (size, stride), outermost first
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) {
+    const int64_t s = t.size(d), st = t.stride(d);
+    if (s == 1) continue;
+    if (!dims.empty() && dims.back().second == st * s) {
+      dims.back() = {dims.back().first * s, st};
+    } else {
+      dims.emplace_back(s, st);
+    }
+  }
+  if (dims.size() > static_cast<size_t>(kMaxRowDims)) return false;
+  ri = RowIndex{};
+  ri.ndim = static_cast<int>(dims.size());
+  for (size_t d = 0; d < dims.size(); ++d) {
+    ri.sizes[d] = dims[d].first;
+    ri.strides[d] = dims[d].second;
+  }
+  return true;
+}
+
+// ---- block reductions (blockDim.x a multiple of 32; every thread gets the result,
+// bitwise the same in all threads: the last warp-level value is broadcast from lane 0)
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+template <typename A>
+__device__ A block_sum(A v) {
+  __shared__ A shm[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // shm may still be read by a previous call
+  if (lane == 0) shm[warp] = v;
+  __syncthreads();
+  v = warp_sum(lane < nw ? shm[lane] : A(0));
+  return __shfl_sync(kFullMask, v, 0);
+}
+
+// Online softmax state: running max m and sum_j exp(z_j - m) over the values seen.
+template <typename A>
+struct MaxSum {
+  A m, s;
+};
+
+template <typename A>
+__device__ __forceinline__ MaxSum<A> combine(MaxSum<A> a, MaxSum<A> b) {
+  const A m = a.m > b.m ? a.m : b.m;
+  const A ninf = -static_cast<A>(INFINITY);
+  // a part whose max is -inf holds only -inf (s = 0) or NaN (s = NaN, kept)
+  const A sa = a.m == ninf ? a.s : a.s * exp_(a.m - m);
+  const A sb = b.m == ninf ? b.s : b.s * exp_(b.m - m);
+  return {m, sa + sb};
+}
+
+template <typename A>
+__device__ __forceinline__ MaxSum<A> warp_max_sum(MaxSum<A> v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v = combine(v, MaxSum<A>{__shfl_xor_sync(kFullMask, v.m, o), __shfl_xor_sync(kFullMask, v.s, o)});
+  }
+  return v;
+}
+
+template <typename A>
+__device__ MaxSum<A> block_max_sum(MaxSum<A> v) {
+  __shared__ A shm_m[32], shm_s[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max_sum(v);
+  __syncthreads();
+  if (lane == 0) {
+    shm_m[warp] = v.m;
+    shm_s[warp] = v.s;
+  }
+  __syncthreads();
+  v = lane < nw ? MaxSum<A>{shm_m[lane], shm_s[lane]} : MaxSum<A>{-static_cast<A>(INFINITY), A(0)};
+  v = warp_max_sum(v);
+  return {__shfl_sync(kFullMask, v.m, 0), __shfl_sync(kFullMask, v.s, 0)};
+}
+
+// ---- row sweeps: this thread's share of a row, 16-byte packs when aligned ------
+
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int n = 16 / sizeof(T);
+  T v[n];
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// f(j, z_j) for j in this thread's share of the row.
+template <typename T, typename A, typename F>
+__device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
+  constexpr int kVec = Pack<T>::n;
+  int64_t j0 = 0;
+  if (aligned16(z)) {
+    const int64_t nvec = V / kVec;
+    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const Pack<T> p = zp[i];
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) f(i * kVec + k, static_cast<A>(p.v[k]));
+    }
+    j0 = nvec * kVec;
+  }
+  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) f(j, static_cast<A>(z[j]));
+}
+
+// out_j = f(j, z_j) for j in this thread's share of the row; out may alias z (each
+// element is read and written by the same thread).
+template <typename T, typename A, typename F>
+__device__ __forceinline__ void row_map(const T* z, T* out, int64_t V, F&& f) {
+  constexpr int kVec = Pack<T>::n;
+  int64_t j0 = 0;
+  if (aligned16(z) && aligned16(out)) {
+    const int64_t nvec = V / kVec;
+    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
+    Pack<T>* op = reinterpret_cast<Pack<T>*>(out);
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const Pack<T> p = zp[i];
+      Pack<T> o;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(i * kVec + k, static_cast<A>(p.v[k])));
+      op[i] = o;
+    }
+    j0 = nvec * kVec;
+  }
+  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(f(j, static_cast<A>(z[j])));
+}
+
+// ---- device parts of the kernels -------------------------------------------------
+
+// Gradient of one row (see the top of the file). Every thread must have read z[t]
+// into zt, and the block synchronised, before this is called (out may alias z).
+// Traffic: reads the row once, writes it once.
+template <typename T, typename A>
+__device__ void row_grad(const T* z, T* out, int64_t V, int64_t t, A zt, double lse, double c, double g_lse,
+                         double eps, double w) {
+  const double a = c * (1.0 + 2.0 * w * lse) + g_lse;
+  const double b = -c * eps / static_cast<double>(V);
+  if (a == 0.0 && b == 0.0 && t < 0) {  // ignored row, nothing flows back (uniform over the block)
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(0);
+    return;
+  }
+  const A af = static_cast<A>(a), bf = static_cast<A>(b), lf = static_cast<A>(lse);
+  A q = 0;  // sum_{j != t} p_j
+  row_map<T, A>(z, out, V, [&](int64_t j, A x) {
+    const A p = exp_(x - lf);
+    if (j != t) q += p;
+    return af * p + bf;
+  });
+  if (t < 0) return;  // uniform over the block
+  q = block_sum(q);   // also orders every write above before the one below
+  if (threadIdx.x == 0) {
+    const double pt = exp(static_cast<double>(zt) - lse);
+    out[t] = static_cast<T>(c * (-static_cast<double>(q) + 2.0 * w * lse * pt + eps - eps / static_cast<double>(V)) +
+                            g_lse * pt);
+  }
+}
+
+// Target validation: counts non-ignored targets into status[0], the first flat
+// position of a target outside [0, V) into status[1]. Reads N int64.
+__global__ void __launch_bounds__(256) validate_targets_kernel(const int64_t* __restrict__ target, int64_t N,
+                                                                int64_t V, int64_t ignore_index, ull* status) {
+  ull count = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = target[i];
+    if (t == ignore_index) continue;
+    if (t >= 0 && t < V) {
+      ++count;
+    } else {
+      atomicMin(&status[1], static_cast<ull>(i));
+    }
+  }
+  count = block_sum(count);
+  if (threadIdx.x == 0 && count > 0) atomicAdd(&status[0], count);
+}
+
+// Forward, one block per row: online softmax over the row (running max, rescaled
+// sum over j != t, and sum_j z_j for label smoothing), one block reduction, the
+// row's lse and loss in float64. With kGrad, a second sweep writes the gradient
+// for an upstream gradient of 1 on the reduced loss (c = 1/count for mean).
+// Traffic per row: one read of V logits (+ with kGrad one more read, from L2 for
+// rows up to a few MB, and one write of V gradients).
+template <typename T, bool kGrad>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_forward_kernel(const T* logits, RowIndex rows, T* grad, RowIndex grad_rows, const int64_t* __restrict__ target,
+                      int64_t N, int64_t V, int64_t ignore_index, int64_t reduction, const ull* count, double eps,
+                      double w, acc_t<T>* __restrict__ lse_out, acc_t<T>* __restrict__ loss_out,
+                      double* __restrict__ loss_rows) {
+  using A = acc_t<T>;
+  double c_valid = 1.0;
+  if (kGrad && reduction == static_cast<int64_t>(Reduction::Mean)) {
+    const ull cnt = *count;
+    c_valid = cnt > 0 ? 1.0 / static_cast<double>(cnt) : 0.0;
+  }
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const T* z = logits + rows.offset(row);
+    const int64_t t = target[row] == ignore_index ? -1 : target[row];
+    const A zt = t >= 0 ? static_cast<A>(z[t]) : A(0);
+    MaxSum<A> st{-static_cast<A>(INFINITY), A(0)};
+    A sum_z = 0;
+    row_read<T, A>(z, V, [&](int64_t j, A x) {
+      if (x > st.m) {
+        st.s *= exp_(st.m - x);
+        st.m = x;
+      }
+      if (j != t) st.s += x == -static_cast<A>(INFINITY) ? A(0) : exp_(x - st.m);
+      sum_z += x;
+    });
+    st = block_max_sum(st);
+    const bool need_sum_z = eps > 0.0 && t >= 0;  // uniform over the block
+    if (need_sum_z) sum_z = block_sum(sum_z);
+
+    const double m = static_cast<double>(st.m), s_excl = static_cast<double>(st.s);
+    double lse, loss = 0.0;
+    if (t < 0) {
+      lse = m + log(s_excl);  // here s_excl is the sum over all j
+    } else {
+      const double d = m - static_cast<double>(zt);  // >= 0 (NaN propagates)
+      const double e_t = exp(-d);
+      lse = m + log(s_excl + e_t);
+      const double nll = d < 600.0 ? log1p(s_excl * exp(d)) : d + log(s_excl + e_t);
+      loss = (1.0 - eps) * nll;
+      if (eps > 0.0) loss += eps * (lse - static_cast<double>(sum_z) / static_cast<double>(V));
+      if (w > 0.0) loss += w * lse * lse;
+    }
+    if (threadIdx.x == 0) {
+      lse_out[row] = static_cast<A>(lse);
+      if (loss_out != nullptr) {
+        loss_out[row] = static_cast<A>(loss);
+      } else {
+        loss_rows[row] = loss;
+      }
+    }
+    if constexpr (kGrad) {
+      // every thread read z[t] and the block synchronised (block_max_sum) above
+      row_grad<T, A>(z, grad + grad_rows.offset(row), V, t, zt, lse, t >= 0 ? c_valid : 0.0, 0.0, eps, w);
+    }
+  }
+}
+
+// Sum of the per-row losses (times 1/count for mean) in one block, in a fixed
+// order: deterministic. Reads N doubles.
+template <typename A>
+__global__ void __launch_bounds__(1024) reduce_loss_kernel(const double* __restrict__ loss_rows, int64_t N,
+                                                            int64_t reduction, const ull* count, A* out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < N; i += blockDim.x) s += loss_rows[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) {
+    double c = 1.0;
+    if (reduction == static_cast<int64_t>(Reduction::Mean)) {
+      const ull cnt = *count;
+      c = cnt > 0 ? 1.0 / static_cast<double>(cnt) : 0.0;
+    }
+    *out = static_cast<A>(s * c);
+  }
+}
+
+// Backward from the saved lse, one block per row: a single sweep reads z and
+// writes the gradient (over z in place), plus one block reduction for the true
+// class. grad_loss (0-dim for mean/sum, per row for none) is read on the device.
+// Traffic per row: one read and one write of V values.
+template <typename T>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_backward_kernel(const T* logits, RowIndex rows, T* grad, RowIndex grad_rows, const int64_t* __restrict__ target,
+                       int64_t N, int64_t V, int64_t ignore_index, int64_t reduction, const ull* count,
+                       const acc_t<T>* __restrict__ grad_loss, const acc_t<T>* __restrict__ grad_lse,
+                       const acc_t<T>* __restrict__ lse, double eps, double w) {
+  using A = acc_t<T>;
+  double scale = 1.0;
+  if (reduction == static_cast<int64_t>(Reduction::Mean)) {
+    const ull cnt = *count;
+    scale = cnt > 0 ? static_cast<double>(grad_loss[0]) / static_cast<double>(cnt) : 0.0;
+  } else if (reduction == static_cast<int64_t>(Reduction::Sum)) {
+    scale = static_cast<double>(grad_loss[0]);
+  }
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const T* z = logits + rows.offset(row);
+    const int64_t t = target[row] == ignore_index ? -1 : target[row];
+    const A zt = t >= 0 ? static_cast<A>(z[t]) : A(0);
+    __syncthreads();  // every thread has read z[t] before any thread overwrites it (in place)
+    double c = 0.0;
+    if (t >= 0) c = reduction == static_cast<int64_t>(Reduction::None) ? static_cast<double>(grad_loss[row]) : scale;
+    const double g_lse = grad_lse != nullptr ? static_cast<double>(grad_lse[row]) : 0.0;
+    row_grad<T, A>(z, grad + grad_rows.offset(row), V, t, zt, static_cast<double>(lse[row]), c, g_lse, eps, w);
+  }
+}
+
+// ---- host side ------------------------------------------------------------------
+
+int row_threads(int64_t V, int vec) {
+  int threads = 32;
+  while (threads < kMaxRowThreads && static_cast<int64_t>(threads) * vec * 2 <= V) threads <<= 1;
+  return threads;
+}
+
+unsigned row_blocks(int64_t N) { return static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 30)); }
+
+// Validates target (contiguous, on the device) and returns a 2-element int64
+// device tensor whose first element is the count of non-ignored targets.
+at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_index, cudaStream_t stream) {
+  at::Tensor status = at::empty({2}, target.options().dtype(at::kLong));
+  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
+  C10_CUDA_CHECK(cudaMemsetAsync(st, 0, sizeof(ull), stream));
+  C10_CUDA_CHECK(cudaMemsetAsync(st + 1, 0xff, sizeof(ull), stream));
+  const int64_t N = target.numel();
+  if (N == 0) return status;
+  const int64_t* tp = target.data_ptr<int64_t>();
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((N + 255) / 256, 1024));
+  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ull host[2];
+  c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
+  if (host[1] != kNoPosition) {
+    int64_t bad = 0;
+    c10::cuda::memcpy_and_sync(&bad, tp + host[1], sizeof(bad), cudaMemcpyDeviceToHost, stream);
+    TORCH_CHECK_INDEX(false, "cross_entropy: target must be in [0, ", V, ") or ignore_index (", ignore_index,
+                      "), got ", bad, " at flat position ", static_cast<int64_t>(host[1]));
+  }
+  return status;
+}
+
+// Logits with unit stride in the last dim and a RowIndex for them (a contiguous
+// copy when the strides need one).
+at::Tensor row_view(const at::Tensor& logits, RowIndex& rows) {
+  at::Tensor lg = logits.stride(-1) == 1 ? logits : logits.contiguous();
+  if (!make_row_index(lg, rows)) {
+    lg = lg.contiguous();
+    TORCH_INTERNAL_ASSERT(make_row_index(lg, rows));
+  }
+  return lg;
+}
+
+void check_cuda(const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(logits.is_cuda(), "cross_entropy: expected CUDA tensors, got logits on ", logits.device());
+}
+
+void check_inplace(const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(logits.stride(-1) == 1,
+                    "cross_entropy: inplace_backward needs logits with unit stride in the last dimension, got strides ",
+                    logits.strides());
+  at::assert_no_internal_overlap(logits);
+}
+
+// Forward (and, when grad is given, the gradient for an upstream gradient of 1 on
+// the reduced loss, written into *grad, which may be logits itself).
+void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t ignore_index, Reduction reduction,
+                  double eps, double w, const at::Tensor& loss, const at::Tensor& lse, const at::Tensor* grad) {
+  check_cuda(logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  RowIndex rows;
+  const at::Tensor lg = row_view(logits, rows);
+  const bool in_place = grad != nullptr && grad->is_same(logits);
+  // in place on a copy (only when the leading strides needed one): copied back below
+  const at::Tensor g = grad == nullptr ? at::Tensor() : (in_place ? lg : *grad);
+  RowIndex grad_rows;
+  if (g.defined()) TORCH_INTERNAL_ASSERT(make_row_index(g, grad_rows) && g.stride(-1) == 1);
+  const at::Tensor target = target_in.contiguous();
+  const int64_t V = lg.size(-1), N = target.numel();
+  const at::Tensor status = validate_targets(target, V, ignore_index, stream);
+  const ull* count = reinterpret_cast<const ull*>(status.data_ptr<int64_t>());
+  const at::Tensor loss_rows =
+      reduction == Reduction::None ? at::Tensor() : at::empty({N}, lse.options().dtype(at::kDouble));
+  const auto red = static_cast<int64_t>(reduction);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_forward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    A* lse_p = lse.data_ptr<A>();
+    A* loss_p = reduction == Reduction::None ? loss.data_ptr<A>() : nullptr;
+    double* rows_p = reduction == Reduction::None ? nullptr : loss_rows.data_ptr<double>();
+    if (N > 0) {
+      const int threads = row_threads(V, Pack<scalar_t>::n);
+      const scalar_t* zp = lg.data_ptr<scalar_t>();
+      if (g.defined()) {
+        ce_forward_kernel<scalar_t, true><<<row_blocks(N), threads, 0, stream>>>(
+            zp, rows, g.data_ptr<scalar_t>(), grad_rows, target.data_ptr<int64_t>(), N, V, ignore_index, red, count,
+            eps, w, lse_p, loss_p, rows_p);
+      } else {
+        ce_forward_kernel<scalar_t, false><<<row_blocks(N), threads, 0, stream>>>(
+            zp, rows, nullptr, grad_rows, target.data_ptr<int64_t>(), N, V, ignore_index, red, count, eps, w, lse_p,
+            loss_p, rows_p);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (reduction != Reduction::None) {
+      reduce_loss_kernel<A><<<1, 1024, 0, stream>>>(rows_p, N, red, count, loss.data_ptr<A>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  if (in_place && !lg.is_same(logits)) logits.copy_(lg);
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& logits, const at::Tensor& target,
+                                                              int64_t ignore_index, int64_t reduction,
+                                                              double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, nullptr);
+  return {out.loss, out.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_grad_cuda(
+    const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  at::Tensor grad = at::empty(logits.sizes(), logits.options());  // contiguous
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, &grad);
+  return {out.loss, out.lse, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_grad_inplace_cuda(
+    const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  check_inplace(logits);
+  const Reduction red = to_reduction(reduction);
+  auto out = alloc_cross_entropy_outputs(logits, target, red);
+  forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, &logits);
+  return {out.loss, out.lse};
+}
+
+// Gradient from the saved lse into grad (which may be logits itself).
+void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
+                   const at::Tensor& target_in, const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction,
+                   double eps, double w, const at::Tensor& grad) {
+  check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target_in, lse_in, reduction);
+  check_cuda(logits);
+  const bool has_glse = grad_lse.has_value() && grad_lse->defined();
+  TORCH_CHECK_VALUE(!has_glse || grad_lse->device() == logits.device(), "cross_entropy_backward: grad_lse (",
+                    has_glse ? grad_lse->device() : logits.device(), ") must be on ", logits.device());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  RowIndex rows;
+  const at::Tensor lg = row_view(logits, rows);
+  const bool in_place = grad.is_same(logits);
+  const at::Tensor g = in_place ? lg : grad;
+  RowIndex grad_rows;
+  TORCH_INTERNAL_ASSERT(make_row_index(g, grad_rows) && g.stride(-1) == 1);
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor lse = lse_in.contiguous();
+  const at::Tensor gl = grad_loss.contiguous();
+  const at::Tensor glse = has_glse ? grad_lse->contiguous() : at::Tensor();
+  const int64_t V = lg.size(-1), N = target.numel();
+  const at::Tensor status = validate_targets(target, V, ignore_index, stream);
+  const ull* count = reinterpret_cast<const ull*>(status.data_ptr<int64_t>());
+  if (N == 0) return;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_backward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    ce_backward_kernel<scalar_t><<<row_blocks(N), row_threads(V, Pack<scalar_t>::n), 0, stream>>>(
+        lg.data_ptr<scalar_t>(), rows, g.data_ptr<scalar_t>(), grad_rows, target.data_ptr<int64_t>(), N, V,
+        ignore_index, static_cast<int64_t>(reduction), count, gl.data_ptr<A>(), has_glse ? glse.data_ptr<A>() : nullptr,
+        lse.data_ptr<A>(), eps, w);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (in_place && !lg.is_same(logits)) logits.copy_(lg);
+}
+
+at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                       const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                                       int64_t ignore_index, int64_t reduction, double label_smoothing,
+                                       double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  at::Tensor grad = at::empty(logits.sizes(), logits.options());
+  backward_impl(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction), label_smoothing,
+                z_loss_weight, grad);
+  return grad;
+}
+
+void cross_entropy_backward_inplace_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                         const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
+                                         int64_t ignore_index, int64_t reduction, double label_smoothing,
+                                         double z_loss_weight) {
+  check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+  check_inplace(logits);
+  backward_impl(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction), label_smoothing,
+                z_loss_weight, logits);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arwrap, CUDA, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
+  m.impl("cross_entropy_forward_grad", &cross_entropy_forward_grad_cuda);
+  m.impl("cross_entropy_forward_grad_", &cross_entropy_forward_grad_inplace_cuda);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
+  m.impl("cross_entropy_backward_", &cross_entropy_backward_inplace_cuda);
+}
+
+}  // namespace arwrap::ops::cuda
