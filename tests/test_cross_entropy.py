@@ -383,3 +383,18 @@ def test_torchscript_script_save_load(tmp_path):
     b, gb = grads(lambda x: cross_entropy(x, target, z_loss_weight=1e-4), logits)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(ga, gb)
+
+
+def test_single_row_and_empty_batch():
+    z = torch.randn(11, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(4)
+    loss = cross_entropy(z, t)
+    torch.testing.assert_close(loss, F.cross_entropy(z, t))
+    loss.backward()
+    torch.testing.assert_close(z.grad, torch.autograd.grad(F.cross_entropy(z, t), z)[0])
+    e = torch.randn(0, 7, requires_grad=True)
+    le = cross_entropy(e, torch.zeros(0, dtype=torch.long))
+    assert le.item() == 0.0
+    le.backward()
+    assert e.grad.shape == (0, 7)
+    assert cross_entropy(e, torch.zeros(0, dtype=torch.long), reduction="none").shape == (0,)

@@ -1,0 +1,165 @@
+"""Fused cross-entropy, forward+backward, against the anchors, side by side in one run.
+
+    python bench/bench_cross_entropy.py                  # the three shapes of the issue
+    python bench/bench_cross_entropy.py --shapes 4096x256 --repeats 3
+
+Each (shape, contender) runs in its own process (so peak memory is its own), with
+the same thread count and environment. Time: median of --repeats forward+backward
+steps after a warm-up, torch.autograd.grad(loss, logits) (so no leaf accumulation
+copies the gradient). Memory: peak resident memory the step adds on top of its
+inputs. Writes bench/results/cross_entropy.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ["arwrap", "arwrap_inplace", "eager", "x_transformers", "torch_compile"]
+
+
+def child(args) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(HERE))
+    from _measure import median_time, peak_extra_bytes
+
+    torch.set_num_threads(args.threads)
+    rows, V = args.rows, args.vocab
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(rows, V, generator=g) * 2
+    target = torch.randint(0, V, (rows,), generator=g)
+    target[torch.rand(rows, generator=g) < args.ignore_frac] = -100
+    logits = source.clone().requires_grad_(True)
+
+    name = args.contender
+    if name in ("arwrap", "arwrap_inplace"):
+        import arwrap_cpp
+
+        inplace = name == "arwrap_inplace"
+
+        def loss_fn(x):
+            return arwrap_cpp.cross_entropy(x, target, inplace_backward=inplace)
+    elif name == "eager":
+        def loss_fn(x):
+            return F.cross_entropy(x, target)
+    elif name == "x_transformers":
+        from x_transformers.autoregressive_wrapper import cross_entropy as xt_ce
+
+        def loss_fn(x):  # as the wrapper calls it: logits (b, c, n)
+            return xt_ce(x.t().unsqueeze(0), target.unsqueeze(0), ignore_index=-100)
+    elif name == "torch_compile":
+        compiled = torch.compile(F.cross_entropy)
+
+        def loss_fn(x):
+            return compiled(x, target)
+    else:
+        raise SystemExit(f"unknown contender {name}")
+
+    def step():
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss, logits)
+        return loss.detach(), grad
+
+    def refill():  # the in-place variant overwrote the logits with their gradient
+        with torch.no_grad():
+            logits.copy_(source)
+
+    refill()
+    loss0, grad0 = step()  # warm-up (and compilation)
+    step()  # a second one: lets the allocator settle on reusable buffers
+    # check against float64 so a fast wrong answer can't win
+    ref = F.cross_entropy(source.double(), target)
+    err = abs(loss0.item() - ref.item()) / max(1.0, abs(ref.item()))
+    del grad0
+    refill()
+    if args.measure == "memory":
+        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss_rel_err": err}))
+    else:
+        print(json.dumps({"time_s": median_time(step, args.repeats, before_each=refill), "loss_rel_err": err}))
+
+
+def run_child(contender, rows, V, args):
+    """Time in one process; memory in another, where glibc maps every allocation
+    over 128 KiB directly so that freed memory leaves the resident set and the
+    high-water mark sees every buffer (heap reuse would hide small ones)."""
+    out = {}
+    for measure in ("time", "memory"):
+        cmd = [sys.executable, __file__, "--child", "--measure", measure, "--contender", contender, "--rows",
+               str(rows), "--vocab", str(V), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--ignore-frac", str(args.ignore_frac)]
+        env = dict(os.environ)
+        if measure == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+        out.update(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="4096x256,8192x32000,4096x128256", help="comma-separated ROWSxVOCAB")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ignore-frac", type=float, default=0.05)
+    ap.add_argument("--out", default=str(HERE / "results" / "cross_entropy"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    import torch
+
+    results = []
+    for shape in args.shapes.split(","):
+        rows, V = (int(v) for v in shape.lower().split("x"))
+        logits_bytes = rows * V * 4
+        for c in args.contenders.split(","):
+            print(f"  {rows}x{V} {c} ...", file=sys.stderr, flush=True)
+            r = run_child(c, rows, V, args)
+            r.update(rows=rows, vocab=V, contender=c, logits_bytes=logits_bytes)
+            results.append(r)
+
+    env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+           "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "repeats": args.repeats}
+    lines = [f"float32, {args.threads} threads, {args.ignore_frac:.0%} ignored targets, median of {args.repeats}, "
+             f"torch {env['torch']}, THP_MEM_ALLOC_ENABLE={env['THP_MEM_ALLOC_ENABLE']}", "",
+             "| rows x V | contender | fwd+bwd ms | vs eager | vs x-transformers | peak extra MB | extra / logits | loss rel. err |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for shape in args.shapes.split(","):
+        rows, V = (int(v) for v in shape.lower().split("x"))
+        rs = {r["contender"]: r for r in results if r["rows"] == rows and r["vocab"] == V}
+        base = rs.get("eager", {}).get("time_s")
+        xt = rs.get("x_transformers", {}).get("time_s")
+        for c, r in rs.items():
+            if "error" in r:
+                lines.append(f"| {rows}x{V} | {c} | error: {r['error'][:60]} | | | | | |")
+                continue
+            t = r["time_s"]
+            lines.append(
+                f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {base / t if base else float('nan'):.2f}x | "
+                f"{xt / t if xt else float('nan'):.2f}x | {r['peak_extra_bytes'] / 2**20:.1f} | "
+                f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results}, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
