@@ -213,7 +213,7 @@ __device__ void row_grad(const T* z, T* out, int64_t V, int64_t t, A zt, double 
   const double a = c * (1.0 + 2.0 * w * lse) + g_lse;
   const double b = -c * eps / static_cast<double>(V);
   if (a == 0.0 && b == 0.0 && t < 0) {  // ignored row, nothing flows back (uniform over the block)
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(0);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(0.0f);
     return;
   }
   const A af = static_cast<A>(a), bf = static_cast<A>(b), lf = static_cast<A>(lse);
