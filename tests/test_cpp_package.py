@@ -1,7 +1,7 @@
-"""The installed C++ package: find_package(arwrap) from a pure C++ program."""
-import os
+"""The installed C++ package: find_package(arwrap) from pure C++ programs (tests/cpp)."""
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,23 +28,48 @@ def test_package_layout():
     assert Path(arwrap_cpp.library_path).exists()
 
 
-@pytest.mark.slow
-def test_pure_cpp_consumer_builds_and_runs(tmp_path):
+@pytest.fixture(scope="module")
+def cpp_build(tmp_path_factory):
+    """Configures and builds tests/cpp against the installed package, as a user would."""
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(ScriptedLoss()).save(str(tmp_path / "loss.pt"))
-    build = tmp_path / "build"
+    build = tmp_path_factory.mktemp("cpp") / "build"
     prefix = f"{arwrap_cpp.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    print("building the C++ consumers (about a minute) ...", file=sys.stderr)
     cfg = subprocess.run(["cmake", "-S", str(HERE / "cpp"), "-B", str(build), *gen, f"-DCMAKE_PREFIX_PATH={prefix}",
                           "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
     assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
-    env = dict(os.environ)
-    run = subprocess.run([str(build / "consumer"), str(tmp_path / "loss.pt")], capture_output=True, text=True, env=env)
+    return build
+
+
+@pytest.mark.slow
+def test_pure_cpp_consumer_builds_and_runs(cpp_build, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(ScriptedLoss()).save(str(tmp_path / "loss.pt"))
+    run = subprocess.run([str(cpp_build / "consumer"), str(tmp_path / "loss.pt")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ALL OK" in run.stdout
     assert "torchscript: loss" in run.stdout
+
+
+@pytest.mark.slow
+def test_cpp_wrapper_with_torchscript_net_matches_python(cpp_build, tmp_path):
+    from test_wrapper import scripted_decoder
+
+    scripted = scripted_decoder()
+    scripted.save(str(tmp_path / "net.pt"))
+    torch.manual_seed(9)
+    x = torch.randint(0, 40, (3, 21))
+    x[1, 5] = -100
+    (tmp_path / "tokens.txt").write_text(f"{x.shape[0]} {x.shape[1]}\n" + " ".join(map(str, x.flatten().tolist())))
+    py_loss = arwrap_cpp.AutoregressiveWrapper(scripted)(x).item()
+    run = subprocess.run([str(cpp_build / "wrapper_consumer"), str(tmp_path / "net.pt"), str(tmp_path / "tokens.txt")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    cpp_loss = float(run.stdout.split("loss ")[1].split()[0])
+    assert abs(cpp_loss - py_loss) <= 1e-6 * abs(py_loss), (cpp_loss, py_loss)
+    assert "x must be 2-D" in run.stdout and "ALL OK" in run.stdout

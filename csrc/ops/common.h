@@ -95,23 +95,65 @@ inline void check_cross_entropy_backward_args(
                     "cross_entropy_backward: all tensors must be on ", logits.device());
 }
 
+// ------------------------------------------------------------------ linear_cross_entropy
+
+inline void check_linear_cross_entropy_args(const at::Tensor& hidden, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, const at::Tensor& target,
+                                            double label_smoothing, double z_loss_weight) {
+  TORCH_CHECK_VALUE(hidden.defined() && weight.defined() && target.defined(),
+                    "linear_cross_entropy: hidden, weight and target must be defined");
+  const auto dt = hidden.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+                    "linear_cross_entropy: hidden must be float32, float64, bfloat16 or float16, got ", dt);
+  TORCH_CHECK_VALUE(hidden.dim() >= 1 && hidden.size(-1) >= 1,
+                    "linear_cross_entropy: hidden must be (..., D) with D >= 1, got shape ", hidden.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(-1) && weight.size(0) >= 1,
+                    "linear_cross_entropy: weight must be (V, D) with D = hidden's last dimension (", hidden.size(-1),
+                    "), got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.scalar_type() == dt, "linear_cross_entropy: weight must have hidden's dtype (", dt,
+                    "), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == hidden.device(), "linear_cross_entropy: weight (", weight.device(),
+                    ") and hidden (", hidden.device(), ") must be on the same device");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                      "linear_cross_entropy: bias must be (V,) = (", weight.size(0), ",), got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == dt && bias->device() == hidden.device(),
+                      "linear_cross_entropy: bias must have hidden's dtype and device");
+  }
+  TORCH_CHECK_VALUE(target.scalar_type() == at::kLong,
+                    "linear_cross_entropy: target must be int64 (torch.long) class indices, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(target.sizes() == hidden.sizes().slice(0, hidden.dim() - 1),
+                    "linear_cross_entropy: target must have the shape of hidden without its last dimension: expected ",
+                    hidden.sizes().slice(0, hidden.dim() - 1), ", got ", target.sizes());
+  TORCH_CHECK_VALUE(target.device() == hidden.device(), "linear_cross_entropy: target (", target.device(),
+                    ") and hidden (", hidden.device(), ") must be on the same device");
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                    "linear_cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0,
+                    "linear_cross_entropy: z_loss_weight must be finite and >= 0, got ", z_loss_weight);
+}
+
 // ------------------------------------------------------------------ shift_tokens
 
 struct ShiftTokensOutputs {
-  at::Tensor input;   // (b, n) int64
+  at::Tensor input;   // (b, m) int64, m = n (or n + 1 with keep_last)
   at::Tensor target;  // (b, n) int64
-  at::Tensor mask;    // (b, n) bool when mask_prob > 0, else an empty (0,) tensor
+  at::Tensor mask;    // (b, m) bool when mask_prob > 0, else an empty (0,) tensor
 };
+
+// Columns of input and mask: n, or n + 1 when the last token is kept.
+inline int64_t input_columns(const at::Tensor& x, bool keep_last) { return keep_last ? x.size(1) : x.size(1) - 1; }
 
 inline int64_t num_masked(int64_t n, double mask_prob) {
   // x-transformers: min(int(seq * mask_prob), seq - 1), with seq = n the input length
+  // (its wrapper feeds n + 1 tokens: keep_last reproduces that exactly)
   const auto k = static_cast<int64_t>(static_cast<double>(n) * mask_prob);
   return std::min(k, n - 1);
 }
 
 inline void check_shift_tokens_args(
     const at::Tensor& x, const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& noise,
-    double mask_prob, std::optional<int64_t> mask_token_id) {
+    double mask_prob, std::optional<int64_t> mask_token_id, bool keep_last) {
   TORCH_CHECK_VALUE(x.defined(), "shift_tokens: x is undefined");
   TORCH_CHECK_VALUE(x.dim() == 2, "shift_tokens: x must be 2-D token ids (batch, seq_len + 1), got ", x.dim(),
                     "-D with shape ", x.sizes());
@@ -132,7 +174,7 @@ inline void check_shift_tokens_args(
     TORCH_CHECK_VALUE(lens->device() == x.device(), "shift_tokens: lens (", lens->device(), ") must be on x's device (",
                       x.device(), ")");
   }
-  const int64_t n = x.size(1) - 1;
+  const int64_t n = input_columns(x, keep_last);
   if (mask_prob > 0.0) {
     TORCH_CHECK_VALUE(noise.has_value() && noise->defined(),
                       "shift_tokens: mask_prob > 0 needs the random draw `noise` of shape (", x.size(0), ", ", n,
@@ -148,12 +190,12 @@ inline void check_shift_tokens_args(
   }
 }
 
-inline ShiftTokensOutputs alloc_shift_tokens_outputs(const at::Tensor& x, double mask_prob) {
-  const int64_t b = x.size(0), n = x.size(1) - 1;
+inline ShiftTokensOutputs alloc_shift_tokens_outputs(const at::Tensor& x, double mask_prob, bool keep_last) {
+  const int64_t b = x.size(0), n = x.size(1) - 1, m = input_columns(x, keep_last);
   ShiftTokensOutputs out;
-  out.input = at::empty({b, n}, x.options());
+  out.input = at::empty({b, m}, x.options());
   out.target = at::empty({b, n}, x.options());
-  out.mask = mask_prob > 0.0 ? at::empty({b, n}, x.options().dtype(at::kBool)) : at::empty({0}, x.options().dtype(at::kBool));
+  out.mask = mask_prob > 0.0 ? at::empty({b, m}, x.options().dtype(at::kBool)) : at::empty({0}, x.options().dtype(at::kBool));
   return out;
 }
 

@@ -15,15 +15,16 @@ ShiftedTokens shift_tokens(const at::Tensor& x, const std::optional<at::Tensor>&
                        .findSchemaOrThrow("arwrap::shift_tokens", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                           int64_t, int64_t, double, std::optional<int64_t>)>();
+                           int64_t, int64_t, double, std::optional<int64_t>, bool)>();
   std::optional<at::Tensor> draw = noise;
   if (options.mask_prob_ > 0.0 && !(draw.has_value() && draw->defined())) {
     TORCH_CHECK_VALUE(x.defined() && x.dim() == 2 && x.size(1) >= 2,
                       "shift_tokens: x must be 2-D token ids (batch, seq_len + 1) with seq_len + 1 >= 2");
-    draw = at::randn({x.size(0), x.size(1) - 1}, generator, x.options().dtype(at::kFloat));
+    const int64_t m = options.keep_last_ ? x.size(1) : x.size(1) - 1;
+    draw = at::randn({x.size(0), m}, generator, x.options().dtype(at::kFloat));
   }
   auto [input, target, mask] = op.call(x, lens, draw, options.ignore_index_, options.pad_value_, options.mask_prob_,
-                                       options.mask_token_id_);
+                                       options.mask_token_id_, options.keep_last_);
   ShiftedTokens out;
   out.input = input;
   out.target = target;
@@ -50,6 +51,33 @@ at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& target, con
 std::tuple<at::Tensor, at::Tensor> cross_entropy_with_lse(const at::Tensor& logits, const at::Tensor& target,
                                                           const CrossEntropyOptions& options) {
   return call_cross_entropy(logits, target, options, true);
+}
+
+namespace {
+std::tuple<at::Tensor, at::Tensor> call_linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
+                                                             const at::Tensor& target,
+                                                             const std::optional<at::Tensor>& bias,
+                                                             const LinearCrossEntropyOptions& o, bool return_lse) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("arwrap::linear_cross_entropy", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const std::optional<at::Tensor>&, const at::Tensor&,
+                                                                 int64_t, c10::string_view, double, double, bool)>();
+  return op.call(hidden, weight, bias, target, o.ignore_index_, o.reduction_, o.label_smoothing_, o.z_loss_weight_,
+                 return_lse);
+}
+}  // namespace
+
+at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
+                                const std::optional<at::Tensor>& bias, const LinearCrossEntropyOptions& options) {
+  return std::get<0>(call_linear_cross_entropy(hidden, weight, target, bias, options, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_with_lse(const at::Tensor& hidden, const at::Tensor& weight,
+                                                                 const at::Tensor& target,
+                                                                 const std::optional<at::Tensor>& bias,
+                                                                 const LinearCrossEntropyOptions& options) {
+  return call_linear_cross_entropy(hidden, weight, target, bias, options, true);
 }
 
 bool built_with_cuda() {

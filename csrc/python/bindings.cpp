@@ -1,12 +1,129 @@
 // pybind11 bindings: the only file that knows about Python.
-// The operators themselves are reached through torch.ops.arwrap.* (registered when
-// this module loads libarwrap); this module adds what is not an operator.
+//
+// The operators are reached through torch.ops.arwrap.* (registered when this module
+// loads libarwrap). This module adds the C++ ARWrapper, with the one deliberate seam
+// where C++ calls back up: PythonNet, a Python nn.Module used as the wrapper's net.
 #include <arwrap/arwrap.h>
 
+#include <torch/csrc/jit/api/module.h>
 #include <torch/extension.h>
+
+#include <optional>
+
+namespace py = pybind11;
+
+namespace {
+
+// A Python callable as the net:
+//   call(tokens, self_attn_kv_mask, prepend_embeds, return_attn_z_loss, return_next_embed_pred)
+//     -> (logits, attn_z_loss, next_embed_pred, init_embeds, cache)
+// The arwrap_cpp.AutoregressiveWrapper module supplies it around any nn.Module with
+// x-transformers' TransformerWrapper call signature.
+class PythonNet : public arwrap::Net {
+ public:
+  PythonNet(py::object call, bool output_is_log_prob, bool add_continuous_pred_head, std::optional<int64_t> num_tokens)
+      : call_(std::move(call)),
+        log_prob_(output_is_log_prob),
+        continuous_(add_continuous_pred_head),
+        num_tokens_(num_tokens) {}
+
+  ~PythonNet() override {
+    py::gil_scoped_acquire gil;
+    call_ = py::object();
+    last_cache_ = py::object();
+  }
+
+  arwrap::NetOutputs forward(const arwrap::NetInputs& in) override {
+    py::gil_scoped_acquire gil;
+    auto opt = [](const at::Tensor& t) -> py::object { return t.defined() ? py::cast(t) : py::none(); };
+    py::object r = call_(in.tokens, opt(in.self_attn_kv_mask), opt(in.prepend_embeds), in.return_attn_z_loss,
+                         in.return_next_embed_pred);
+    auto tup = r.cast<py::tuple>();
+    TORCH_CHECK(tup.size() == 5, "PythonNet: the net adapter must return 5 values");
+    auto tensor = [](const py::handle& h) { return h.is_none() ? at::Tensor() : h.cast<at::Tensor>(); };
+    arwrap::NetOutputs out;
+    out.logits = tensor(tup[0]);
+    out.attn_z_loss = tensor(tup[1]);
+    out.next_embed_pred = tensor(tup[2]);
+    out.init_embeds = tensor(tup[3]);
+    last_cache_ = py::reinterpret_borrow<py::object>(tup[4]);
+    return out;
+  }
+  bool output_is_log_prob() const override { return log_prob_; }
+  bool add_continuous_pred_head() const override { return continuous_; }
+  std::optional<int64_t> num_tokens() const override { return num_tokens_; }
+
+  py::object take_cache() {
+    py::object c = last_cache_;
+    last_cache_ = py::none();
+    return c;
+  }
+
+ private:
+  py::object call_;
+  bool log_prob_, continuous_;
+  std::optional<int64_t> num_tokens_;
+  py::object last_cache_ = py::none();
+};
+
+arwrap::ARWrapperOptions make_options(int64_t ignore_index, int64_t pad_value, double mask_prob,
+                                      std::optional<int64_t> mask_token_id, bool add_attn_z_loss,
+                                      double next_embed_loss_weight) {
+  return arwrap::ARWrapperOptions()
+      .ignore_index(ignore_index)
+      .pad_value(pad_value)
+      .mask_prob(mask_prob)
+      .mask_token_id(mask_token_id)
+      .add_attn_z_loss(add_attn_z_loss)
+      .next_embed_loss_weight(next_embed_loss_weight);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "arwrap_cpp native core (libarwrap)";
   m.attr("__version__") = ARWRAP_VERSION;
   m.def("built_with_cuda", &arwrap::built_with_cuda, "True when libarwrap has its CUDA kernels");
+
+  py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
+      .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
+                       std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,
+                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss, double next_embed_loss_weight) {
+             auto net = std::make_shared<PythonNet>(std::move(call), output_is_log_prob, add_continuous_pred_head,
+                                                    num_tokens);
+             return std::make_shared<arwrap::ARWrapperImpl>(
+                 net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, add_attn_z_loss,
+                                   next_embed_loss_weight));
+           }),
+           py::arg("call"), py::arg("output_is_log_prob"), py::arg("add_continuous_pred_head"), py::arg("num_tokens"),
+           py::arg("ignore_index"), py::arg("pad_value"), py::arg("mask_prob"), py::arg("mask_token_id"),
+           py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"))
+      .def_static(
+          "from_script_module",
+          [](py::object script_module, int64_t ignore_index, int64_t pad_value, double mask_prob,
+             std::optional<int64_t> mask_token_id) {
+            // a live torch.jit.ScriptModule (its C++ object is shared, so are its parameters)
+            auto mod = std::make_shared<torch::jit::Module>(script_module.attr("_c").cast<torch::jit::Module>());
+            auto net = std::make_shared<arwrap::TorchScriptNet>(mod);
+            return std::make_shared<arwrap::ARWrapperImpl>(
+                net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, false, 0.1));
+          },
+          py::arg("script_module"), py::arg("ignore_index") = -100, py::arg("pad_value") = 0,
+          py::arg("mask_prob") = 0.0, py::arg("mask_token_id") = py::none())
+      .def(
+          "forward",
+          [](arwrap::ARWrapperImpl& self, const at::Tensor& x, std::optional<at::Tensor> lens,
+             std::optional<at::Tensor> prepend_embeds, std::optional<at::Tensor> mask_noise,
+             std::optional<at::Generator> generator, bool return_outputs) {
+            arwrap::ARForwardArgs args;
+            args.lens(lens).prepend_embeds(prepend_embeds).mask_noise(mask_noise).generator(generator);
+            args.return_outputs(return_outputs);
+            arwrap::AROutput out = self.forward(x, args);
+            py::object cache = py::none();
+            if (auto pn = std::dynamic_pointer_cast<PythonNet>(self.net())) cache = pn->take_cache();
+            py::object logits = out.logits.defined() ? py::cast(out.logits) : py::none();
+            return py::make_tuple(out.loss, logits, cache);
+          },
+          py::arg("x"), py::arg("lens") = py::none(), py::arg("prepend_embeds") = py::none(),
+          py::arg("mask_noise") = py::none(), py::arg("generator") = py::none(), py::arg("return_outputs") = false);
 }

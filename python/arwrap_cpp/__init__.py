@@ -10,7 +10,8 @@ import os
 import torch  # noqa: F401  (libtorch must be loaded before our library)
 
 from . import _C
-from .ops import cross_entropy, shift_tokens
+from .ops import cross_entropy, linear_cross_entropy, shift_tokens
+from .wrapper import AutoregressiveWrapper
 
 __version__ = _C.__version__
 
@@ -30,8 +31,10 @@ def built_with_cuda() -> bool:
 
 
 __all__ = [
+    "AutoregressiveWrapper",
     "shift_tokens",
     "cross_entropy",
+    "linear_cross_entropy",
     "cmake_prefix_path",
     "library_path",
     "built_with_cuda",

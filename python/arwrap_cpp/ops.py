@@ -23,6 +23,7 @@ def shift_tokens(
     mask_token_id: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     noise: Optional[Tensor] = None,
+    keep_last: bool = False,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Split token ids ``x`` of shape ``(b, n + 1)`` into what x-transformers'
     ``AutoregressiveWrapper.forward`` feeds its net and its loss.
@@ -38,6 +39,10 @@ def shift_tokens(
       standard-normal draw from ``generator`` (or of ``noise``, shape ``(b, n)``,
       to inject the draw). With ``mask_token_id`` the masked input tokens are also
       replaced by it (the masked-LM variant).
+
+    ``keep_last=True`` reproduces x-transformers 2.31's wrapper exactly: ``input`` and
+    ``mask`` keep all ``n + 1`` positions (it feeds its net the last token too), the
+    draw is ``(b, n + 1)`` and ``min(int((n + 1) * mask_prob), n)`` positions are masked.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"shift_tokens: x must be a Tensor, got {type(x).__name__}")
@@ -50,11 +55,10 @@ def shift_tokens(
                 "shift_tokens: x must be 2-D token ids (batch, seq_len + 1) with seq_len + 1 >= 2, "
                 f"got shape {tuple(x.shape)}"
             )
-        noise = torch.randn(
-            (x.shape[0], x.shape[1] - 1), generator=generator, device=x.device, dtype=torch.float32
-        )
+        cols = x.shape[1] if keep_last else x.shape[1] - 1
+        noise = torch.randn((x.shape[0], cols), generator=generator, device=x.device, dtype=torch.float32)
     inp, target, mask = torch.ops.arwrap.shift_tokens(
-        x, lens, noise, int(ignore_index), int(pad_value), mask_prob, mask_token_id
+        x, lens, noise, int(ignore_index), int(pad_value), mask_prob, mask_token_id, bool(keep_last)
     )
     return inp, target, (mask if mask_prob > 0.0 else None)
 
@@ -94,6 +98,41 @@ def cross_entropy(
         float(label_smoothing),
         float(z_loss_weight),
         bool(inplace_backward),
+        bool(return_lse),
+    )
+    if return_lse:
+        return loss, lse
+    return loss
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss_weight: float = 0.0,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """``cross_entropy(hidden @ weight.T + bias, target)`` without ever holding the logits.
+
+    ``hidden`` ``(..., D)``, ``weight`` ``(V, D)``, ``bias`` ``(V,)``, int64 ``target``
+    ``(...)``; same options and semantics as :func:`cross_entropy` (float32 loss,
+    0 with zero gradients when every target is ignored). The logits are computed in
+    tiles of rows by the BLAS GEMM; each tile is turned into its loss and gradient
+    in place and contracted at once into the gradients of ``hidden``, ``weight``
+    (accumulated in float32 for bf16/fp16) and ``bias``, so the peak extra memory
+    is those gradients plus one tile. With ``reduction`` mean or sum (and no
+    ``return_lse``) the gradients come out of the forward's single sweep; the
+    backward only rescales them.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"linear_cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    loss, lse = torch.ops.arwrap.linear_cross_entropy(
+        hidden, weight, bias, target, int(ignore_index), reduction, float(label_smoothing), float(z_loss_weight),
         bool(return_lse),
     )
     if return_lse:

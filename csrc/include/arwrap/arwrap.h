@@ -3,3 +3,4 @@
 
 #include <arwrap/ops.h>
 #include <arwrap/version.h>
+#include <arwrap/wrapper.h>

@@ -22,11 +22,15 @@ struct ShiftTokensOptions {
   ShiftTokensOptions& pad_value(int64_t v) { pad_value_ = v; return *this; }
   ShiftTokensOptions& mask_prob(double v) { mask_prob_ = v; return *this; }
   ShiftTokensOptions& mask_token_id(std::optional<int64_t> v) { mask_token_id_ = v; return *this; }
+  // Keep the last token in input (and draw the mask over all n + 1 positions), as
+  // x-transformers 2.31's wrapper feeds its net: input and mask are then (b, n + 1).
+  ShiftTokensOptions& keep_last(bool v) { keep_last_ = v; return *this; }
 
   int64_t ignore_index_ = -100;
   int64_t pad_value_ = 0;
   double mask_prob_ = 0.0;
   std::optional<int64_t> mask_token_id_ = std::nullopt;
+  bool keep_last_ = false;
 };
 
 struct ShiftedTokens {
@@ -41,8 +45,8 @@ struct ShiftedTokens {
 // of AutoregressiveWrapper.forward. With mask_prob > 0, exactly
 // min(int(n * mask_prob), n - 1) positions per row (never position 0) are masked;
 // they are drawn as the top-k of a standard normal draw from `generator`
-// (the default CPU generator when none is given), or taken from `noise` (b, n)
-// when the caller injects the draw.
+// (the default generator when none is given), or taken from `noise` (b, n), or
+// (b, n + 1) with keep_last, when the caller injects the draw.
 ShiftedTokens shift_tokens(
     const at::Tensor& x,
     const std::optional<at::Tensor>& lens = std::nullopt,
@@ -83,6 +87,32 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_with_lse(
     const at::Tensor& logits,
     const at::Tensor& target,
     const CrossEntropyOptions& options = {});
+
+// ---------------------------------------------------------- linear_cross_entropy
+
+struct LinearCrossEntropyOptions {
+  LinearCrossEntropyOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
+  LinearCrossEntropyOptions& reduction(std::string v) { reduction_ = std::move(v); return *this; }
+  LinearCrossEntropyOptions& label_smoothing(double v) { label_smoothing_ = v; return *this; }
+  LinearCrossEntropyOptions& z_loss_weight(double v) { z_loss_weight_ = v; return *this; }
+
+  int64_t ignore_index_ = -100;
+  std::string reduction_ = "mean";
+  double label_smoothing_ = 0.0;
+  double z_loss_weight_ = 0.0;
+};
+
+// cross_entropy(hidden @ weight.T + bias, target) without materialising the logits:
+// hidden (..., D), weight (V, D), bias (V) or undefined, target (...) int64.
+// Peak extra memory: the gradients plus one tile of rows.
+at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
+                                const std::optional<at::Tensor>& bias = std::nullopt,
+                                const LinearCrossEntropyOptions& options = {});
+
+// Same, also returning the per-row log-sum-exp (differentiable).
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_with_lse(
+    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
+    const std::optional<at::Tensor>& bias = std::nullopt, const LinearCrossEntropyOptions& options = {});
 
 // True when libarwrap was built with its CUDA kernels.
 bool built_with_cuda();

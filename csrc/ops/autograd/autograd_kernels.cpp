@@ -25,6 +25,8 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include <array>
+
 namespace arwrap::ops::autograd {
 namespace {
 
@@ -157,6 +159,121 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
   }
 };
 
+// linear_cross_entropy: with reduction mean/sum and lse not returned, the forward
+// produces the gradients (for an upstream gradient of 1) in the same sweep over the
+// row tiles, and backward rescales them; otherwise backward recomputes the tiles.
+using LceFwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, int64_t, int64_t,
+    double, double, std::array<bool, 3>);
+using LceBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const at::Tensor&, int64_t, int64_t, double, double, std::array<bool, 3>);
+
+class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                               const at::Tensor& bias, const at::Tensor& target, int64_t ignore_index,
+                               c10::string_view reduction_str, double eps, double w, bool return_lse,
+                               std::array<bool, 3> need) {
+    const Reduction reduction = parse_reduction(reduction_str);
+    const auto red = static_cast<int64_t>(reduction);
+    const bool any = need[0] || need[1] || need[2];
+    // no bias is passed as an empty placeholder (an undefined tensor cannot be a Function input)
+    const bool has_bias = bias.dim() == 1;
+    std::optional<at::Tensor> b;
+    if (has_bias) b = bias;
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["reduction"] = red;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["w"] = w;
+    ctx->saved_data["need"] = c10::List<bool>({need[0], need[1], need[2]});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto fwd = op<LceFwdSig>("arwrap::linear_cross_entropy_forward");
+    const bool fused = any && reduction != Reduction::None && !return_lse;
+    auto [loss, lse, gh, gw, gb] = fwd.call(hidden, weight, b, target, ignore_index, red, eps, w,
+                                            fused ? need : std::array<bool, 3>{false, false, false});
+    ctx->saved_data["fused"] = fused;
+    if (fused) {
+      ctx->saved_data["applied"] = 1.0;  // the scale the saved gradients carry
+      ctx->save_for_backward({gh, gw, gb});
+    } else if (any) {
+      ctx->save_for_backward({hidden, weight, bias, target});
+    }
+    if (!(return_lse && any)) ctx->mark_non_differentiable({lse});
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& grad_loss = grads[0];
+    const at::Tensor& grad_lse = grads[1];
+    auto needl = ctx->saved_data["need"].toBoolList();
+    variable_list out(10);
+    auto saved = ctx->get_saved_variables();
+    if (ctx->saved_data["fused"].toBool()) {
+      if (!grad_loss.defined()) return out;
+      // Scale the saved gradients in place to the upstream gradient (they are ours);
+      // a second backward (retain_graph) rescales from the scale they carry.
+      const double applied = ctx->saved_data["applied"].toDouble();
+      at::Tensor factor;
+      double g = 0.0;
+      const bool eager = grad_loss.is_cpu() && is_plain_eager(grad_loss);
+      if (eager) g = grad_loss.item<double>();
+      for (int k = 0; k < 3; ++k) {
+        if (!needl.get(k) || saved[k].numel() == 0) continue;
+        if (!eager) {
+          out[k] = at::mul(saved[k], grad_loss);
+        } else if (g == applied) {
+          out[k] = saved[k];
+        } else {
+          TORCH_CHECK(applied != 0.0, "linear_cross_entropy: a second backward after one with a zero upstream "
+                                      "gradient cannot rescale the saved gradients");
+          at::AutoDispatchBelowADInplaceOrView guard;
+          out[k] = saved[k].mul_(g / applied);
+        }
+      }
+      if (eager) ctx->saved_data["applied"] = g;
+      return out;
+    }
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const at::Tensor& hidden = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor& bias = saved[2];
+    const at::Tensor& target = saved[3];
+    if (!grad_loss.defined() && !grad_lse.defined()) return out;
+    const auto red = ctx->saved_data["reduction"].toInt();
+    const auto ld = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const at::Tensor gl = grad_loss.defined() ? grad_loss
+                          : red == 0          ? at::zeros(target.sizes(), hidden.options().dtype(ld))
+                                              : at::zeros({}, hidden.options().dtype(ld));
+    std::optional<at::Tensor> glse, b;
+    if (grad_lse.defined()) glse = grad_lse;
+    if (bias.dim() == 1) b = bias;
+    static auto bwd = op<LceBwdSig>("arwrap::linear_cross_entropy_backward");
+    auto [gh, gw, gb] = bwd.call(gl, glse, hidden, weight, b, target, ctx->saved_data["ignore_index"].toInt(), red,
+                                 ctx->saved_data["eps"].toDouble(), ctx->saved_data["w"].toDouble(),
+                                 {needl.get(0), needl.get(1), needl.get(2)});
+    if (needl.get(0)) out[0] = gh;
+    if (needl.get(1)) out[1] = gw;
+    if (needl.get(2) && gb.numel() > 0) out[2] = gb;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_autograd(
+    const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, int64_t ignore_index, c10::string_view reduction, double label_smoothing,
+    double z_loss_weight, bool return_lse) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? *bias : at::empty({}, hidden.options());  // 0-dim placeholder: no bias
+  std::array<bool, 3> need{grad_mode && hidden.requires_grad(), grad_mode && weight.requires_grad(),
+                           grad_mode && has_bias && b.requires_grad()};
+  auto outs = LinearCrossEntropyFunction::apply(hidden, weight, b, target, ignore_index, reduction, label_smoothing,
+                                                z_loss_weight, return_lse, need);
+  return {outs[0], outs[1]};
+}
+
 std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& logits, const at::Tensor& target,
                                                           int64_t ignore_index, c10::string_view reduction,
                                                           double label_smoothing, double z_loss_weight,
@@ -170,25 +287,28 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& logi
 // shift_tokens has no differentiable output: run it below autograd.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_autograd(
     const at::Tensor& x, const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& noise,
-    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id) {
+    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id,
+    bool keep_last) {
   static auto shift = c10::Dispatcher::singleton()
                           .findSchemaOrThrow("arwrap::shift_tokens", "")
                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                               const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                              int64_t, int64_t, double, std::optional<int64_t>)>();
+                              int64_t, int64_t, double, std::optional<int64_t>, bool)>();
   at::AutoDispatchBelowADInplaceOrView guard;
-  return shift.call(x, lens, noise, ignore_index, pad_value, mask_prob, mask_token_id);
+  return shift.call(x, lens, noise, ignore_index, pad_value, mask_prob, mask_token_id, keep_last);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("cross_entropy", &cross_entropy_autograd);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_autograd);
   m.impl("shift_tokens", &shift_tokens_autograd);
   // The internal operators are the implementation of cross_entropy's forward and
   // backward: not differentiable themselves.
   for (const char* name : {"cross_entropy_forward", "cross_entropy_forward_grad", "cross_entropy_forward_grad_",
-                           "cross_entropy_backward", "cross_entropy_backward_"}) {
+                           "cross_entropy_backward", "cross_entropy_backward_", "linear_cross_entropy_forward",
+                           "linear_cross_entropy_backward"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }

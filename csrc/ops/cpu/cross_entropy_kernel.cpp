@@ -17,6 +17,7 @@
 // Every row is computed by one thread, and the loss is reduced over rows in a
 // fixed order in double, so results are bitwise independent of the thread count.
 #include "../common.h"
+#include "cross_entropy_rows.h"
 #include "softmax_simd.h"
 
 #include <ATen/Dispatch.h>
@@ -249,42 +250,62 @@ void row_grad(const T* z, T* out, int64_t V, int64_t t, double lse, double c, do
 
 // ---- validation -------------------------------------------------------------
 
+}  // namespace
+
 // Checks target values and counts the non-ignored ones (before any write, so an
 // error never leaves the logits half overwritten).
-int64_t count_valid_targets(const at::Tensor& target, int64_t V, int64_t ignore_index) {
+int64_t count_valid_targets(const at::Tensor& target, int64_t V, int64_t ignore_index, const char* op) {
   const int64_t* t = target.data_ptr<int64_t>();
   const int64_t N = target.numel();
   int64_t count = 0;
   for (int64_t i = 0; i < N; ++i) {
     const int64_t ti = t[i];
     if (ti == ignore_index) continue;
-    TORCH_CHECK_INDEX(ti >= 0 && ti < V, "cross_entropy: target must be in [0, ", V, ") or ignore_index (",
+    TORCH_CHECK_INDEX(ti >= 0 && ti < V, op, ": target must be in [0, ", V, ") or ignore_index (",
                       ignore_index, "), got ", ti, " at flat position ", i);
     ++count;
   }
   return count;
 }
 
-// Per-row values (loss, lse) go through double vectors: O(rows), any loss dtype.
-void write_rows(const at::Tensor& dst, const std::vector<double>& v) {
-  if (dst.scalar_type() == at::kDouble) {
-    double* p = dst.data_ptr<double>();
-    for (size_t i = 0; i < v.size(); ++i) p[i] = v[i];
-  } else {
-    float* p = dst.data_ptr<float>();
-    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<float>(v[i]);
-  }
-}
-
-std::vector<double> read_rows(const at::Tensor& src) {
-  const at::Tensor d = src.to(at::kDouble).contiguous();
-  const double* p = d.data_ptr<double>();
-  return std::vector<double>(p, p + d.numel());
-}
+namespace {
 
 inline int64_t grain_for(int64_t V) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1)); }
 
 // ---- the kernels ------------------------------------------------------------
+
+}  // namespace
+
+void cross_entropy_rows(const at::Tensor& lg, const int64_t* tgt, int64_t ignore_index, double eps, double w,
+                        double* row_losses, double* lse_rows, const at::Tensor* grad, double scale,
+                        const double* row_scale, const double* row_glse) {
+  const int64_t V = lg.size(-1);
+  const RowIndex rows(lg);
+  const int64_t N = rows.nrows;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_rows", [&] {
+    scalar_t* base = lg.data_ptr<scalar_t>();
+    scalar_t* gbase = grad != nullptr ? grad->data_ptr<scalar_t>() : nullptr;
+    const bool grad_in_place = grad != nullptr && grad->is_same(lg);
+    at::parallel_for(0, N, grain_for(V), [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(kBlock);
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* z = base + rows.offset(i);
+        const int64_t t = tgt[i] == ignore_index ? -1 : tgt[i];
+        const Stats st = row_stats<scalar_t>(z, V, t, eps > 0.0 && t >= 0, buf.data());
+        const RowLoss r = row_loss(st, t >= 0 ? static_cast<double>(z[t]) : 0.0, V, t < 0, eps, w);
+        lse_rows[i] = r.lse;
+        row_losses[i] = r.loss;
+        if (gbase != nullptr) {
+          scalar_t* g = grad_in_place ? const_cast<scalar_t*>(z) : gbase + i * V;
+          const double c = t < 0 ? 0.0 : (row_scale != nullptr ? row_scale[i] : scale);
+          row_grad<scalar_t>(z, g, V, t, r.lse, c, row_glse != nullptr ? row_glse[i] : 0.0, eps, w, buf.data());
+        }
+      }
+    });
+  });
+}
+
+namespace {
 
 // Forward (and, when grad is defined, the gradient for an upstream gradient of 1
 // on the reduced loss, written into grad, which may be logits itself).
@@ -303,28 +324,8 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
 
   std::vector<double> row_losses(static_cast<size_t>(N));
   std::vector<double> lse_rows(static_cast<size_t>(N));
-  const int64_t* tgt = target.data_ptr<int64_t>();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_forward", [&] {
-    scalar_t* base = lg.data_ptr<scalar_t>();
-    scalar_t* gbase = grad != nullptr ? grad->data_ptr<scalar_t>() : nullptr;
-    const bool grad_in_place = grad != nullptr && grad->is_same(lg);
-    at::parallel_for(0, N, grain_for(V), [&](int64_t begin, int64_t end) {
-      std::vector<float> buf(kBlock);
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* z = base + rows.offset(i);
-        const int64_t t = tgt[i] == ignore_index ? -1 : tgt[i];
-        const Stats st = row_stats<scalar_t>(z, V, t, eps > 0.0 && t >= 0, buf.data());
-        const RowLoss r = row_loss(st, t >= 0 ? static_cast<double>(z[t]) : 0.0, V, t < 0, eps, w);
-        lse_rows[static_cast<size_t>(i)] = r.lse;
-        row_losses[static_cast<size_t>(i)] = r.loss;
-        if (gbase != nullptr) {
-          scalar_t* g = grad_in_place ? const_cast<scalar_t*>(z) : gbase + i * V;
-          row_grad<scalar_t>(z, g, V, t, r.lse, t >= 0 ? c : 0.0, 0.0, eps, w, buf.data());
-        }
-      }
-    });
-  });
+  cross_entropy_rows(lg, target.data_ptr<int64_t>(), ignore_index, eps, w, row_losses.data(), lse_rows.data(), grad, c,
+                     nullptr, nullptr);
 
   write_rows(lse, lse_rows);
   if (reduction == Reduction::None) {

@@ -1,10 +1,11 @@
 // CUDA kernel of shift_tokens; the semantics are those of ../cpu/shift_tokens_kernel.cpp:
 //   target[i, j] = x[i, j + 1] if j + 1 < lens[i] else ignore_index
 //   input[i, j]  = pad_value if (j >= lens[i] or x[i, j] == ignore_index) else x[i, j]
-//   mask[i, :]   = false at the k = min(int(n * mask_prob), n - 1) positions in 1..n-1
+//   mask[i, :]   = false at the k = min(int(m * mask_prob), m - 1) positions in 1..m-1
 //                  with the largest noise (ties: the lower position; position 0 is never
 //                  masked), true elsewhere; with mask_token_id, those input positions
 //                  also become mask_token_id.
+// Input and mask have m = n columns, or m = n + 1 with keep_last.
 // input/target: one elementwise kernel (reads x once, writes input and target once),
 // which also validates lens and the token ids inside lens. The mask: a stable
 // descending sort of noise[:, 1:] per row (equal noise keeps the lower position
@@ -34,12 +35,12 @@ constexpr int kThreads = 256;
 // in x of a token id inside lens that is < 0 and not ignore_index.
 __global__ void __launch_bounds__(kThreads)
     shift_tokens_kernel(const int64_t* __restrict__ x, const int64_t* __restrict__ lens, int64_t b, int64_t n1,
-                        int64_t ignore_index, int64_t pad_value, int64_t* __restrict__ input,
+                        int64_t m, int64_t ignore_index, int64_t pad_value, int64_t* __restrict__ input,
                         int64_t* __restrict__ target, ull* status) {
   const int64_t n = n1 - 1;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < b * n;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < b * m;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / n, j = idx - i * n;
+    const int64_t i = idx / m, j = idx - i * m;
     int64_t L = lens != nullptr ? lens[i] : n1;
     if (L < 0 || L > n1) {
       if (j == 0) atomicMin(&status[0], static_cast<ull>(i));
@@ -48,11 +49,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t* row = x + i * n1;
     const int64_t v = j < L ? row[j] : ignore_index;
     const int64_t u = j + 1 < L ? row[j + 1] : ignore_index;
-    // each position of x inside lens is checked once: j by thread j, n by thread n - 1
+    // each position of x inside lens is checked: j by thread j, n by thread n - 1
     if (v < 0 && v != ignore_index) atomicMin(&status[1], static_cast<ull>(i * n1 + j));
     if (j == n - 1 && u < 0 && u != ignore_index) atomicMin(&status[1], static_cast<ull>(i * n1 + n));
     input[idx] = v == ignore_index ? pad_value : v;
-    target[idx] = u;
+    if (j < n) target[i * n + j] = u;
   }
 }
 
@@ -83,38 +84,39 @@ int64_t read_one(const int64_t* p, cudaStream_t stream) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_cuda(
     const at::Tensor& x_in, const std::optional<at::Tensor>& lens_in, const std::optional<at::Tensor>& noise_in,
-    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id) {
-  check_shift_tokens_args(x_in, lens_in, noise_in, mask_prob, mask_token_id);
+    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id,
+    bool keep_last) {
+  check_shift_tokens_args(x_in, lens_in, noise_in, mask_prob, mask_token_id, keep_last);
   TORCH_CHECK_VALUE(x_in.is_cuda(), "shift_tokens: expected CUDA tensors, got x on ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  auto out = alloc_shift_tokens_outputs(x_in, mask_prob);
+  auto out = alloc_shift_tokens_outputs(x_in, mask_prob, keep_last);
   const at::Tensor x = x_in.contiguous();
-  const int64_t b = x.size(0), n1 = x.size(1), n = n1 - 1;
+  const int64_t b = x.size(0), n1 = x.size(1), m = input_columns(x_in, keep_last);
   const bool has_lens = lens_in.has_value() && lens_in->defined();
   const at::Tensor lens = has_lens ? lens_in->to(at::kLong).contiguous() : at::Tensor();
-  const int64_t k = num_masked(n, mask_prob);
+  const int64_t k = num_masked(m, mask_prob);
   if (b == 0) return {out.input, out.target, out.mask};
 
   at::Tensor status = at::empty({3}, x.options());
   ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
   C10_CUDA_CHECK(cudaMemsetAsync(st, 0xff, 3 * sizeof(ull), stream));
 
-  shift_tokens_kernel<<<blocks_for(b * n), kThreads, 0, stream>>>(
-      x.data_ptr<int64_t>(), has_lens ? lens.data_ptr<int64_t>() : nullptr, b, n1, ignore_index, pad_value,
+  shift_tokens_kernel<<<blocks_for(b * m), kThreads, 0, stream>>>(
+      x.data_ptr<int64_t>(), has_lens ? lens.data_ptr<int64_t>() : nullptr, b, n1, m, ignore_index, pad_value,
       out.input.data_ptr<int64_t>(), out.target.data_ptr<int64_t>(), st);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   at::Tensor keys;
   if (mask_prob > 0.0) {
     const at::Tensor noise = noise_in->contiguous();
-    if (k > 0) keys = at::empty({b, n - 1}, noise.options());
+    if (k > 0) keys = at::empty({b, m - 1}, noise.options());
     if (noise.scalar_type() == at::kFloat) {
-      noise_keys_kernel<float><<<blocks_for(b * n), kThreads, 0, stream>>>(
-          noise.data_ptr<float>(), b, n, keys.defined() ? keys.data_ptr<float>() : nullptr, st);
+      noise_keys_kernel<float><<<blocks_for(b * m), kThreads, 0, stream>>>(
+          noise.data_ptr<float>(), b, m, keys.defined() ? keys.data_ptr<float>() : nullptr, st);
     } else {
-      noise_keys_kernel<double><<<blocks_for(b * n), kThreads, 0, stream>>>(
-          noise.data_ptr<double>(), b, n, keys.defined() ? keys.data_ptr<double>() : nullptr, st);
+      noise_keys_kernel<double><<<blocks_for(b * m), kThreads, 0, stream>>>(
+          noise.data_ptr<double>(), b, m, keys.defined() ? keys.data_ptr<double>() : nullptr, st);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -1,0 +1,125 @@
+// arwrap::ARWrapper: x-transformers' AutoregressiveWrapper.forward, written once in C++.
+//
+//   lens -> shift (+ mask) -> the net -> cut prepend_embeds off the logits ->
+//   fused cross-entropy (gradient in place over the logits) -> attention z-loss ->
+//   next-embedding L1 loss
+//
+// The net is an interface (Net) with implementations for a TorchScript module
+// (TorchScriptNet, here) and a Python module (in the Python bindings).
+#pragma once
+
+#include <arwrap/ops.h>
+
+#include <ATen/core/ivalue.h>
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace torch::jit {
+struct Module;
+}
+
+namespace arwrap {
+
+// What the wrapper hands the net, in x-transformers' TransformerWrapper terms.
+struct NetInputs {
+  at::Tensor tokens;                  // (b, m) int64
+  at::Tensor self_attn_kv_mask;       // (b, m) bool, true = kept; undefined if none
+  at::Tensor prepend_embeds;          // (b, p, d); undefined if none
+  bool return_attn_z_loss = false;    // the net must fill NetOutputs::attn_z_loss
+  bool return_next_embed_pred = false;  // ... and next_embed_pred / init_embeds
+};
+
+struct NetOutputs {
+  at::Tensor logits;           // (b, p + m, V): logits, or log-probabilities if output_is_log_prob()
+  at::Tensor attn_z_loss;      // scalar, when asked for
+  at::Tensor next_embed_pred;  // (b, p + m, d), when asked for
+  at::Tensor init_embeds;      // (b, p + m, d), when asked for
+  c10::IValue cache;           // whatever the net returns as its intermediates (opaque)
+};
+
+class Net {
+ public:
+  virtual ~Net() = default;
+  virtual NetOutputs forward(const NetInputs& inputs) = 0;
+  // F.nll_loss on its outputs instead of cross-entropy (x-transformers' mixture of softmaxes)
+  virtual bool output_is_log_prob() const { return false; }
+  // the net has a continuous next-embedding prediction head
+  virtual bool add_continuous_pred_head() const { return false; }
+  // vocabulary size, when known (token ids are checked against it before the net runs)
+  virtual std::optional<int64_t> num_tokens() const { return std::nullopt; }
+  // trainable tensors, for C++ optimizers
+  virtual std::vector<at::Tensor> parameters() const { return {}; }
+};
+
+// A TorchScript module as the net: forward(Tensor tokens) -> Tensor logits, or
+// forward(Tensor tokens, Tensor mask) when it takes a second argument (the key mask).
+class TorchScriptNet : public Net {
+ public:
+  explicit TorchScriptNet(std::shared_ptr<torch::jit::Module> module);
+  // Loads a module saved with torch.jit.save.
+  static std::shared_ptr<TorchScriptNet> load(const std::string& path);
+  NetOutputs forward(const NetInputs& inputs) override;
+  std::optional<int64_t> num_tokens() const override;
+  std::vector<at::Tensor> parameters() const override;
+  torch::jit::Module& module() { return *module_; }
+
+ private:
+  std::shared_ptr<torch::jit::Module> module_;
+  size_t num_args_;
+};
+
+struct ARWrapperOptions {
+  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, pad_value) = 0;
+  // key masking (x-transformers' self_attn_kv_mask), or token replacement with mask_token_id
+  TORCH_ARG(double, mask_prob) = 0.0;
+  TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
+  TORCH_ARG(bool, add_attn_z_loss) = false;
+  TORCH_ARG(double, next_embed_loss_weight) = 0.1;
+};
+
+struct ARForwardArgs {
+  TORCH_ARG(std::optional<at::Tensor>, lens) = std::nullopt;            // (b,)
+  TORCH_ARG(std::optional<at::Tensor>, prepend_embeds) = std::nullopt;  // (b, p, d)
+  TORCH_ARG(std::optional<at::Tensor>, mask_noise) = std::nullopt;      // injected draw, (b, n + 1)
+  TORCH_ARG(std::optional<at::Generator>, generator) = std::nullopt;
+  TORCH_ARG(bool, return_outputs) = false;
+};
+
+struct AROutput {
+  at::Tensor loss;    // scalar
+  at::Tensor logits;  // (b, n, V) with return_outputs, else undefined
+  c10::IValue cache;  // the net's intermediates with return_outputs
+};
+
+class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
+ public:
+  ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options = {});
+
+  // x: (b, n + 1) int64 token ids. Returns the loss (and, with return_outputs,
+  // the logits the caller may keep and the net's cache).
+  AROutput forward(const at::Tensor& x, const ARForwardArgs& args = {});
+  // The loss only.
+  at::Tensor loss(const at::Tensor& x, const ARForwardArgs& args = {}) { return forward(x, args).loss; }
+
+  void reset() override {}
+  std::shared_ptr<Net> net() const { return net_; }
+  // parameters of this module and of the net, for C++ optimizers
+  std::vector<at::Tensor> trainable_parameters() const;
+
+  ARWrapperOptions options;
+
+ private:
+  std::shared_ptr<Net> net_;
+};
+
+TORCH_MODULE(ARWrapper);
+
+}  // namespace arwrap

@@ -1,0 +1,139 @@
+// arwrap::ARWrapper: AutoregressiveWrapper.forward of x-transformers 2.31.10, in C++.
+#include <arwrap/wrapper.h>
+
+#include <ATen/ATen.h>
+
+namespace arwrap {
+
+ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options_)
+    : options(std::move(options_)), net_(std::move(net)) {
+  TORCH_CHECK_VALUE(net_ != nullptr, "ARWrapper: net must not be null");
+  TORCH_CHECK_VALUE(std::isfinite(options.mask_prob()) && options.mask_prob() >= 0.0 && options.mask_prob() < 1.0,
+                    "ARWrapper: mask_prob must be in [0, 1), got ", options.mask_prob());
+  TORCH_CHECK_VALUE(std::isfinite(options.next_embed_loss_weight()),
+                    "ARWrapper: next_embed_loss_weight must be finite, got ", options.next_embed_loss_weight());
+}
+
+std::vector<at::Tensor> ARWrapperImpl::trainable_parameters() const {
+  std::vector<at::Tensor> out = parameters();
+  for (auto& p : net_->parameters()) out.push_back(p);
+  return out;
+}
+
+namespace {
+
+// Token ids inside lens (other than ignore_index) must index the net's vocabulary.
+void check_vocabulary(const at::Tensor& x, const std::optional<at::Tensor>& lens, int64_t ignore_index, int64_t V) {
+  at::Tensor valid = x.ne(ignore_index);
+  if (lens.has_value() && lens->defined() && lens->dim() == 1 && lens->size(0) == x.size(0)) {
+    valid = valid.logical_and(at::arange(x.size(1), x.options()).unsqueeze(0).lt(lens->to(at::kLong).unsqueeze(1)));
+  }
+  const at::Tensor bad = valid.logical_and(x.ge(V));
+  if (bad.any().item<bool>()) {
+    const at::Tensor where = bad.nonzero()[0].cpu();
+    const int64_t i = where[0].item<int64_t>(), j = where[1].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "ARWrapper: x holds token id ", x[i][j].item<int64_t>(), " at x[", i, ", ", j,
+                      "], outside the net's vocabulary [0, ", V, ")");
+  }
+}
+
+// F.nll_loss over log-probabilities (..., V) with ignore_index; 0 when all are ignored.
+at::Tensor nll_loss(const at::Tensor& logp, const at::Tensor& target, int64_t ignore_index) {
+  const at::Tensor valid = target.ne(ignore_index);
+  const at::Tensor t = at::where(valid, target, at::zeros_like(target));
+  const int64_t V = logp.size(-1);
+  const at::Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
+  TORCH_CHECK_INDEX(!bad.any().item<bool>(), "ARWrapper: target must be in [0, ", V, ") or ignore_index");
+  const at::Tensor picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
+  const at::Tensor count = valid.sum().clamp_min(1);
+  return -(picked.to(at::kFloat) * valid).sum() / count;
+}
+
+}  // namespace
+
+AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) {
+  TORCH_CHECK_VALUE(x.defined() && x.dim() == 2,
+                    "ARWrapper: x must be 2-D token ids (batch, seq_len + 1), got ",
+                    x.defined() ? std::to_string(x.dim()) + "-D" : std::string("undefined"),
+                    x.defined() ? " with shape " + c10::str(x.sizes()) : std::string());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kLong, "ARWrapper: x must be int64 (torch.long) token ids, got ",
+                    x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) >= 2, "ARWrapper: x must have seq_len + 1 >= 2 tokens per row, got shape ", x.sizes());
+  const int64_t b = x.size(0), n = x.size(1) - 1;
+  const auto& o = options;
+  const bool continuous = net_->add_continuous_pred_head();
+  // x-transformers feeds its net all n + 1 tokens. The last one predicts nothing,
+  // so the loss is the same without it, and a net with max_seq_len = n works. The
+  // auxiliary losses are defined over all positions: with them, feed n + 1 as it does.
+  const bool full = o.add_attn_z_loss() || continuous;
+
+  if (auto V = net_->num_tokens()) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+
+  ShiftTokensOptions so;
+  so.ignore_index(o.ignore_index()).pad_value(o.pad_value()).mask_prob(o.mask_prob()).mask_token_id(o.mask_token_id());
+  so.keep_last(true);  // the key mask is drawn over n + 1 positions, as x-transformers does
+  ShiftedTokens s = shift_tokens(x, args.lens(), so, args.generator(), args.mask_noise());
+
+  NetInputs in;
+  in.tokens = full ? s.input : s.input.narrow(1, 0, n);
+  if (s.mask.defined() && !o.mask_token_id().has_value()) {
+    in.self_attn_kv_mask = full ? s.mask : s.mask.narrow(1, 0, n);
+  }
+  int64_t p = 0;
+  if (args.prepend_embeds().has_value() && args.prepend_embeds()->defined()) {
+    const at::Tensor& pe = *args.prepend_embeds();
+    TORCH_CHECK_VALUE(pe.dim() == 3 && pe.size(0) == b, "ARWrapper: prepend_embeds must be (batch=", b,
+                      ", prepend_len, dim), got shape ", pe.sizes());
+    in.prepend_embeds = pe;
+    p = pe.size(1);
+  }
+  in.return_attn_z_loss = o.add_attn_z_loss();
+  in.return_next_embed_pred = continuous;
+
+  NetOutputs out = net_->forward(in);
+
+  const int64_t m = in.tokens.size(1);
+  TORCH_CHECK(out.logits.defined() && out.logits.dim() == 3 && out.logits.size(0) == b &&
+                  out.logits.size(1) == p + m,
+              "ARWrapper: the net must return logits of shape (batch=", b, ", prepend_len + seq_len = ", p + m,
+              ", num_tokens), got ", out.logits.defined() ? c10::str(out.logits.sizes()) : std::string("nothing"));
+  // cut the prepended positions (and the last position when it was fed)
+  at::Tensor logits = out.logits.narrow(1, p, n);
+
+  at::Tensor loss;
+  if (net_->output_is_log_prob()) {
+    loss = nll_loss(logits, s.target, o.ignore_index());
+  } else {
+    // Without return_outputs nobody needs the logits after the loss: write the
+    // gradient over them, so a training step holds one logits tensor, not three.
+    loss = cross_entropy(logits, s.target,
+                         CrossEntropyOptions().ignore_index(o.ignore_index()).inplace_backward(!args.return_outputs()));
+  }
+
+  if (o.add_attn_z_loss()) {
+    TORCH_CHECK(out.attn_z_loss.defined(), "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
+    loss = loss + out.attn_z_loss;
+  }
+  if (continuous) {
+    TORCH_CHECK(out.next_embed_pred.defined() && out.init_embeds.defined(),
+                "ARWrapper: the net has a continuous prediction head but returned no next_embed_pred/init_embeds");
+    const at::Tensor valid = s.target.ne(o.ignore_index()).unsqueeze(-1);
+    const at::Tensor pred = out.next_embed_pred.narrow(1, p, n);
+    const at::Tensor tgt = out.init_embeds.narrow(1, p + 1, n).detach();
+    const at::Tensor l1 = (pred - tgt).abs();
+    const int64_t d = l1.size(-1);
+    const at::Tensor denom = (valid.sum() * d).clamp_min(1);
+    const at::Tensor cont = at::where(valid, l1, at::zeros_like(l1)).sum() / denom;
+    loss = loss + cont * o.next_embed_loss_weight();
+  }
+
+  AROutput r;
+  r.loss = loss;
+  if (args.return_outputs()) {
+    r.logits = logits;
+    r.cache = out.cache;
+  }
+  return r;
+}
+
+}  // namespace arwrap
