@@ -216,3 +216,48 @@ def test_torchscript(tmp_path):
     torch.testing.assert_close(loss, F.cross_entropy(F.linear(h, m.proj.weight, m.proj.bias), t))
     loss.backward()
     assert loaded.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_device_generic_path_used_on_cuda(reduction, dtype):
+    """The CUDA kernel of linear_cross_entropy is built from dispatched operators; the same
+    code runs here on the CPU (as _..._generic) so it is checked without a GPU."""
+    h, W, b, t = make((300,), 24, 700, dtype)
+    red = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    ld = torch.float64 if dtype == torch.float64 else torch.float32
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    # loss and lse
+    loss, lse, *_ = torch.ops.arwrap._linear_cross_entropy_forward_generic(h, W, b, t, -100, red, 0.1, 1e-3,
+                                                                          [False, False, False])
+    rloss = reference(h, W, b, t, reduction=reduction, label_smoothing=0.1, z_loss_weight=1e-3)
+    torch.testing.assert_close(loss.double(), rloss, rtol=tol, atol=tol)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(F.linear(h.double(), W.double(), b.double()), -1),
+                               rtol=tol, atol=tol)
+    # gradients, for an upstream gradient and a gradient through lse
+    up = torch.randn(300, dtype=torch.float64) if reduction == "none" else torch.tensor(0.3, dtype=torch.float64)
+    glse = torch.randn(300, dtype=torch.float64)
+    gh, gw, gb = torch.ops.arwrap._linear_cross_entropy_backward_generic(
+        up.to(ld), glse.to(ld), h, W, b, t, -100, red, 0.1, 1e-3, [True, True, True])
+    hh, WW, bb = (x.double().requires_grad_(True) for x in (h, W, b))
+    z = F.linear(hh, WW, bb)
+    r = reference(hh, WW, bb, t, reduction=reduction, label_smoothing=0.1, z_loss_weight=1e-3)
+    torch.autograd.backward([r, torch.logsumexp(z, -1)], [up, glse])
+    for a, ref_g in zip((gh, gw, gb), (hh.grad, WW.grad, bb.grad)):
+        assert (a.double() - ref_g).abs().max() <= tol * 10 * ref_g.abs().max()
+    if reduction != "none":
+        _, _, fgh, fgw, fgb = torch.ops.arwrap._linear_cross_entropy_forward_generic(
+            h, W, b, t, -100, red, 0.1, 1e-3, [True, True, False])
+        gh1, gw1, _ = torch.ops.arwrap._linear_cross_entropy_backward_generic(
+            torch.ones((), dtype=ld), None, h, W, b, t, -100, red, 0.1, 1e-3, [True, True, False])
+        torch.testing.assert_close(fgh, gh1)
+        torch.testing.assert_close(fgw, gw1)
+        assert fgb.numel() == 0
+
+
+def test_device_generic_path_all_ignored_and_bf16():
+    h, W, b, t = make((70,), 16, 90, torch.bfloat16)
+    t[:] = -100
+    loss, _, gh, gw, gb = torch.ops.arwrap._linear_cross_entropy_forward_generic(h, W, b, t, -100, 1, 0.0, 0.0,
+                                                                                [True, True, True])
+    assert loss.item() == 0.0 and torch.all(gh == 0) and torch.all(gw == 0) and gw.dtype == torch.bfloat16

@@ -333,3 +333,45 @@ def test_torchscript_net_in_the_cpp_wrapper_matches_eager():
         ours(torch.full((1, 5), 45))
     # mask_prob reaches the scripted net's key mask
     AutoregressiveWrapper(scripted, mask_prob=0.3)(x)
+
+
+# ------------------------------------------------------------------ fused head
+
+@pytest.mark.parametrize("net_kw", [dict(), dict(tie_embedding=True)])
+@pytest.mark.parametrize("wrapper_kw", [dict(), dict(add_attn_z_loss=True), dict(mask_prob=0.2)])
+def test_fused_head_matches_x_transformers(net_kw, wrapper_kw):
+    net = make_net(**net_kw)
+    x = tokens(3)
+    x[0, 3] = -100
+    xt = XTWrapper(net, **wrapper_kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning on a supported net
+        ours = AutoregressiveWrapper(net, fused_head=True, **wrapper_kw)
+        _, lo, go = loss_and_grads(ours, x, 4)
+    _, lx, gx = loss_and_grads(xt, x, 4)
+    assert abs(lo.item() - lx.item()) <= 1e-5 * abs(lx.item())
+    for (name, _), a, b in zip(net.named_parameters(), go, gx):
+        if b is None:
+            continue
+        assert ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) <= 1e-4, name
+
+
+def test_fused_head_never_materialises_the_logits():
+    net = make_net()
+    calls = []
+    net.to_logits.register_forward_hook(lambda *a: calls.append(1))
+    AutoregressiveWrapper(net, fused_head=True)(tokens()).backward()
+    assert calls == []
+    AutoregressiveWrapper(net)(tokens())
+    assert calls == [1]
+
+
+def test_fused_head_falls_back_with_a_warning():
+    with pytest.warns(UserWarning, match="falls back to the logits: the net uses a mixture of softmaxes"):
+        w = AutoregressiveWrapper(make_net(mixture_of_softmax=True), fused_head=True)
+    x = tokens()
+    torch.testing.assert_close(w(x), XTWrapper(w.net)(x), rtol=1e-5, atol=1e-6)
+    w2 = AutoregressiveWrapper(make_net(), fused_head=True)
+    with pytest.warns(UserWarning, match="return_outputs=True needs the logits"):
+        loss, (logits, _) = w2(x, return_outputs=True)
+    assert logits.shape == (3, SEQ - 1, V)

@@ -89,10 +89,34 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   }
   in.return_attn_z_loss = o.add_attn_z_loss();
   in.return_next_embed_pred = continuous;
+  const std::optional<LinearHead> head = o.fused_head() ? net_->head() : std::nullopt;
+  const bool fused = head.has_value() && !args.return_outputs() && !net_->output_is_log_prob();
+  in.return_embeddings = fused;
 
   NetOutputs out = net_->forward(in);
 
   const int64_t m = in.tokens.size(1);
+  if (fused) {
+    TORCH_CHECK(out.embeddings.defined() && out.embeddings.dim() == 3 && out.embeddings.size(0) == b &&
+                    out.embeddings.size(1) == p + m,
+                "ARWrapper: fused_head: the net must return embeddings of shape (batch=", b,
+                ", prepend_len + seq_len = ", p + m, ", dim), got ",
+                out.embeddings.defined() ? c10::str(out.embeddings.sizes()) : std::string("nothing"));
+    at::Tensor hidden = out.embeddings.narrow(1, p, n);
+    if (head->scale != 1.0) hidden = hidden * head->scale;
+    std::optional<at::Tensor> bias;
+    if (head->bias.defined()) bias = head->bias;
+    at::Tensor loss = linear_cross_entropy(hidden, head->weight, s.target, bias,
+                                           LinearCrossEntropyOptions().ignore_index(o.ignore_index()));
+    if (o.add_attn_z_loss()) {
+      TORCH_CHECK(out.attn_z_loss.defined(), "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
+      loss = loss + out.attn_z_loss;
+    }
+    TORCH_CHECK(!continuous, "ARWrapper: fused_head does not support a continuous prediction head");
+    AROutput r;
+    r.loss = loss;
+    return r;
+  }
   TORCH_CHECK(out.logits.defined() && out.logits.dim() == 3 && out.logits.size(0) == b &&
                   out.logits.size(1) == p + m,
               "ARWrapper: the net must return logits of shape (batch=", b, ", prepend_len + seq_len = ", p + m,

@@ -21,11 +21,13 @@ namespace {
 // x-transformers' TransformerWrapper call signature.
 class PythonNet : public arwrap::Net {
  public:
-  PythonNet(py::object call, bool output_is_log_prob, bool add_continuous_pred_head, std::optional<int64_t> num_tokens)
+  PythonNet(py::object call, bool output_is_log_prob, bool add_continuous_pred_head, std::optional<int64_t> num_tokens,
+            std::optional<arwrap::LinearHead> head)
       : call_(std::move(call)),
         log_prob_(output_is_log_prob),
         continuous_(add_continuous_pred_head),
-        num_tokens_(num_tokens) {}
+        num_tokens_(num_tokens),
+        head_(std::move(head)) {}
 
   ~PythonNet() override {
     py::gil_scoped_acquire gil;
@@ -37,12 +39,12 @@ class PythonNet : public arwrap::Net {
     py::gil_scoped_acquire gil;
     auto opt = [](const at::Tensor& t) -> py::object { return t.defined() ? py::cast(t) : py::none(); };
     py::object r = call_(in.tokens, opt(in.self_attn_kv_mask), opt(in.prepend_embeds), in.return_attn_z_loss,
-                         in.return_next_embed_pred);
+                         in.return_next_embed_pred, in.return_embeddings);
     auto tup = r.cast<py::tuple>();
     TORCH_CHECK(tup.size() == 5, "PythonNet: the net adapter must return 5 values");
     auto tensor = [](const py::handle& h) { return h.is_none() ? at::Tensor() : h.cast<at::Tensor>(); };
     arwrap::NetOutputs out;
-    out.logits = tensor(tup[0]);
+    (in.return_embeddings ? out.embeddings : out.logits) = tensor(tup[0]);
     out.attn_z_loss = tensor(tup[1]);
     out.next_embed_pred = tensor(tup[2]);
     out.init_embeds = tensor(tup[3]);
@@ -52,6 +54,7 @@ class PythonNet : public arwrap::Net {
   bool output_is_log_prob() const override { return log_prob_; }
   bool add_continuous_pred_head() const override { return continuous_; }
   std::optional<int64_t> num_tokens() const override { return num_tokens_; }
+  std::optional<arwrap::LinearHead> head() const override { return head_; }
 
   py::object take_cache() {
     py::object c = last_cache_;
@@ -63,13 +66,15 @@ class PythonNet : public arwrap::Net {
   py::object call_;
   bool log_prob_, continuous_;
   std::optional<int64_t> num_tokens_;
+  std::optional<arwrap::LinearHead> head_;
   py::object last_cache_ = py::none();
 };
 
 arwrap::ARWrapperOptions make_options(int64_t ignore_index, int64_t pad_value, double mask_prob,
                                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss,
-                                      double next_embed_loss_weight) {
+                                      double next_embed_loss_weight, bool fused_head = false) {
   return arwrap::ARWrapperOptions()
+      .fused_head(fused_head)
       .ignore_index(ignore_index)
       .pad_value(pad_value)
       .mask_prob(mask_prob)
@@ -88,16 +93,23 @@ PYBIND11_MODULE(_C, m) {
   py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
                        std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,
-                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss, double next_embed_loss_weight) {
+                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss, double next_embed_loss_weight,
+                       std::optional<at::Tensor> head_weight, std::optional<at::Tensor> head_bias, double head_scale) {
+             std::optional<arwrap::LinearHead> head;
+             if (head_weight.has_value()) {
+               head = arwrap::LinearHead{*head_weight, head_bias.value_or(at::Tensor()), head_scale};
+             }
+             const bool fused = head.has_value();
              auto net = std::make_shared<PythonNet>(std::move(call), output_is_log_prob, add_continuous_pred_head,
-                                                    num_tokens);
+                                                    num_tokens, std::move(head));
              return std::make_shared<arwrap::ARWrapperImpl>(
                  net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, add_attn_z_loss,
-                                   next_embed_loss_weight));
+                                   next_embed_loss_weight, fused));
            }),
            py::arg("call"), py::arg("output_is_log_prob"), py::arg("add_continuous_pred_head"), py::arg("num_tokens"),
            py::arg("ignore_index"), py::arg("pad_value"), py::arg("mask_prob"), py::arg("mask_token_id"),
-           py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"))
+           py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"), py::arg("head_weight") = py::none(),
+           py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0)
       .def_static(
           "from_script_module",
           [](py::object script_module, int64_t ignore_index, int64_t pad_value, double mask_prob,

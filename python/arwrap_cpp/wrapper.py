@@ -6,6 +6,7 @@ the call to the wrapped Python net.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -34,6 +35,13 @@ class AutoregressiveWrapper(nn.Module):
     * Without ``return_outputs``, the loss writes its gradient over the logits buffer.
     * A batch whose targets are all ignored gives a loss of 0 (x-transformers: NaN).
     * ``mask_token_id``: replace the masked input tokens instead of masking keys.
+
+    Beyond x-transformers: ``fused_head=True``, for an x-transformers ``TransformerWrapper``
+    whose output layer is a plain linear map (``LinearNoBias``/``nn.Linear``, or a tied
+    embedding), takes the final embeddings and computes the loss with the fused
+    linear cross-entropy: the logits are never materialised. Where a feature makes
+    that unsafe (``return_outputs``, mixture of softmaxes, sigsoftmax, several heads,
+    a continuous head, a custom head), it falls back to the logits with a one-line warning.
     """
 
     def __init__(
@@ -49,6 +57,7 @@ class AutoregressiveWrapper(nn.Module):
         looped_exit_loss_weight: float = 1.0,
         *,
         mask_token_id: Optional[int] = None,
+        fused_head: bool = False,
     ):
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -71,8 +80,47 @@ class AutoregressiveWrapper(nn.Module):
         self.looped_exit_loss_weight = looped_exit_loss_weight
         # A TorchScript net runs wholly in C++ (arwrap::TorchScriptNet): no Python callback.
         self._scripted = isinstance(net, torch.jit.ScriptModule)
+        self.fused_head = bool(fused_head)
+        self._warned = set()
+        if self.fused_head:
+            reason = self._fused_head_unsupported()
+            if reason is not None:
+                self._warn(f"arwrap_cpp.AutoregressiveWrapper: fused_head=True falls back to the logits: {reason}")
 
-    def _core(self, call) -> "_C.ARWrapper":
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
+
+    def _fused_head_unsupported(self) -> Optional[str]:
+        net = self.net
+        if self._scripted or not hasattr(net, "to_logits") or not hasattr(net, "attn_layers"):
+            return "the net is not an x-transformers TransformerWrapper"
+        for flag, what in (("output_is_log_prob", "a mixture of softmaxes"), ("sigsoftmax_logits", "sigsoftmax"),
+                           ("has_multiple_heads", "several output heads"), ("average_pool_embed", "pooling"),
+                           ("add_continuous_pred_head", "a continuous prediction head"), ("looped", "a looped net"),
+                           ("squeeze_out_last_dim", "squeeze_out_last_dim")):
+            if getattr(net, flag, False):
+                return f"the net uses {what}"
+        if getattr(net, "cls_token", None) is not None:
+            return "the net uses a cls token"
+        if self._linear_head() is None:
+            return "its output layer is not a plain linear map"
+        return None
+
+    def _linear_head(self):
+        """(weight, bias, scale) of the net's output layer, or None."""
+        net = self.net
+        head = getattr(net, "to_logits", None)
+        if isinstance(head, nn.Linear):
+            return head.weight, head.bias, 1.0
+        emb = getattr(getattr(net, "token_emb", None), "emb", None)
+        if callable(head) and not isinstance(head, nn.Module) and hasattr(net, "tie_embedding_scale") and \
+                isinstance(emb, nn.Embedding):
+            return emb.weight, None, float(net.tie_embedding_scale)
+        return None
+
+    def _core(self, call, fused: bool = False) -> "_C.ARWrapper":
         if self._scripted:
             if self.add_attn_z_loss or self.add_continuous_pred_head:
                 raise ValueError("AutoregressiveWrapper: a TorchScript net supports neither add_attn_z_loss nor a "
@@ -80,6 +128,7 @@ class AutoregressiveWrapper(nn.Module):
             return _C.ARWrapper.from_script_module(self.net, ignore_index=self.ignore_index, pad_value=self.pad_value,
                                                    mask_prob=self.mask_prob, mask_token_id=self.mask_token_id)
         num_tokens = getattr(self.net, "num_tokens", None)
+        head = self._linear_head() if fused else None
         return _C.ARWrapper(
             call,
             output_is_log_prob=bool(getattr(self.net, "output_is_log_prob", False)),
@@ -91,6 +140,9 @@ class AutoregressiveWrapper(nn.Module):
             mask_token_id=self.mask_token_id,
             add_attn_z_loss=self.add_attn_z_loss,
             next_embed_loss_weight=self.next_embed_loss_weight,
+            head_weight=head[0] if head else None,
+            head_bias=head[1] if head else None,
+            head_scale=head[2] if head else 1.0,
         )
 
     def forward(
@@ -110,11 +162,22 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError("AutoregressiveWrapper: a TorchScript net takes no prepend_embeds or extra keyword "
                              f"arguments, got {sorted(kwargs) + (['prepend_embeds'] if prepend_embeds is not None else [])}")
         net = self.net
+        fused = False
+        if self.fused_head:
+            reason = self._fused_head_unsupported()
+            if reason is None and return_outputs:
+                reason = "return_outputs=True needs the logits"
+            if reason is None:
+                fused = True
+            else:
+                self._warn(f"arwrap_cpp.AutoregressiveWrapper: fused_head=True falls back to the logits: {reason}")
 
-        def call(tokens, kv_mask, prepend, return_attn_z_loss, return_next_embed_pred):
+        def call(tokens, kv_mask, prepend, return_attn_z_loss, return_next_embed_pred, return_embeddings):
             kw = dict(kwargs)
             if kv_mask is not None:
                 kw["self_attn_kv_mask"] = kv_mask
+            if return_embeddings:
+                kw["return_embeddings"] = True
             out, cache = net(
                 tokens,
                 return_intermediates=True,
@@ -131,7 +194,7 @@ class AutoregressiveWrapper(nn.Module):
             attn_z_loss = cache.attn_z_loss if return_attn_z_loss else None
             return logits, attn_z_loss, next_embed_pred, init_embeds, cache
 
-        loss, logits, cache = self._core(call).forward(
+        loss, logits, cache = self._core(call, fused).forward(
             x, lens, prepend_embeds, mask_noise, generator, bool(return_outputs)
         )
         if not return_outputs:

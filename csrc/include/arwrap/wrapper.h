@@ -34,14 +34,23 @@ struct NetInputs {
   at::Tensor prepend_embeds;          // (b, p, d); undefined if none
   bool return_attn_z_loss = false;    // the net must fill NetOutputs::attn_z_loss
   bool return_next_embed_pred = false;  // ... and next_embed_pred / init_embeds
+  bool return_embeddings = false;     // fused head: the final embeddings instead of the logits
 };
 
 struct NetOutputs {
   at::Tensor logits;           // (b, p + m, V): logits, or log-probabilities if output_is_log_prob()
+  at::Tensor embeddings;       // (b, p + m, d): with return_embeddings, instead of the logits
   at::Tensor attn_z_loss;      // scalar, when asked for
   at::Tensor next_embed_pred;  // (b, p + m, d), when asked for
   at::Tensor init_embeds;      // (b, p + m, d), when asked for
   c10::IValue cache;           // whatever the net returns as its intermediates (opaque)
+};
+
+// The net's output layer when it is a plain linear map: logits = (scale * h) W^T + b.
+struct LinearHead {
+  at::Tensor weight;  // (V, d)
+  at::Tensor bias;    // (V) or undefined
+  double scale = 1.0;
 };
 
 class Net {
@@ -56,6 +65,8 @@ class Net {
   virtual std::optional<int64_t> num_tokens() const { return std::nullopt; }
   // trainable tensors, for C++ optimizers
   virtual std::vector<at::Tensor> parameters() const { return {}; }
+  // the output layer, when the loss may be fused with it (ARWrapperOptions::fused_head)
+  virtual std::optional<LinearHead> head() const { return std::nullopt; }
 };
 
 // A TorchScript module as the net: forward(Tensor tokens) -> Tensor logits, or
@@ -83,6 +94,10 @@ struct ARWrapperOptions {
   TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
   TORCH_ARG(bool, add_attn_z_loss) = false;
   TORCH_ARG(double, next_embed_loss_weight) = 0.1;
+  // When the net exposes a linear head: take its final embeddings and compute the
+  // loss with the fused linear cross-entropy, never materialising the logits
+  // (not with return_outputs, which needs them).
+  TORCH_ARG(bool, fused_head) = false;
 };
 
 struct ARForwardArgs {

@@ -248,6 +248,79 @@ void row_grad(const T* z, T* out, int64_t V, int64_t t, double lse, double c, do
   }
 }
 
+// Fused forward + gradient of one float32 row, with one exponential per element:
+// the first sweep stores e_j = exp(z_j - m_b) (m_b: the running max after block b)
+// into g while it sums them; the second turns them into p_j = e_j exp(m_b - lse) and
+// the gradient, in the same buffer. g may alias z (the in-place gradient): z_t and
+// the sum of z (label smoothing) are read before they are overwritten.
+RowLoss row_fused_f32(const float* z, float* g, int64_t V, int64_t t, double eps, double w, double c, double g_lse,
+                      std::vector<float>& mblk) {
+  const auto& k = simd::kernels();
+  const double zt = t >= 0 ? static_cast<double>(z[t]) : 0.0;
+  const int64_t nblk = (V + kBlock - 1) / kBlock;
+  mblk.resize(static_cast<size_t>(nblk));
+  float m = -std::numeric_limits<float>::infinity();
+  float s = 0.0f;
+  double sum_z = 0.0;
+  for (int64_t bi = 0, b0 = 0; b0 < V; ++bi, b0 += kBlock) {
+    const int64_t n = std::min(kBlock, V - b0);
+    const float bm = k.max_of(z + b0, n);
+    if (bm > m) {
+      s *= std::exp(m - bm);
+      m = bm;
+    }
+    mblk[static_cast<size_t>(bi)] = m;
+    if (eps > 0.0 && t >= 0) sum_z += k.sum_of(z + b0, n);
+    if (t >= b0 && t < b0 + n) {
+      const int64_t tl = t - b0;
+      s += k.exp_store(z + b0, g + b0, tl, m);
+      s += k.exp_store(z + b0 + tl + 1, g + b0 + tl + 1, n - tl - 1, m);
+    } else {
+      s += k.exp_store(z + b0, g + b0, n, m);
+    }
+  }
+  Stats st;
+  st.m = m;
+  st.s_excl = s;
+  st.sum_z = sum_z;
+  const RowLoss r = row_loss(st, zt, V, t < 0, eps, w);
+  const double a = c * (1.0 + 2.0 * w * r.lse) + g_lse;
+  const double b = -c * eps / static_cast<double>(V);
+  if (a == 0.0 && b == 0.0 && t < 0) {
+    std::fill(g, g + V, 0.0f);
+    return r;
+  }
+  const float af = static_cast<float>(a), bf = static_cast<float>(b);
+  double q = 0.0;  // sum_{j != t} p_j
+  for (int64_t bi = 0, b0 = 0; b0 < V; ++bi, b0 += kBlock) {
+    const int64_t n = std::min(kBlock, V - b0);
+    const float sc = static_cast<float>(std::exp(static_cast<double>(mblk[static_cast<size_t>(bi)]) - r.lse));
+    if (t >= b0 && t < b0 + n) {
+      const int64_t tl = t - b0;
+      q += k.scale_affine(g + b0, g + b0, tl, sc, af, bf);
+      q += k.scale_affine(g + b0 + tl + 1, g + b0 + tl + 1, n - tl - 1, sc, af, bf);
+    } else {
+      q += k.scale_affine(g + b0, g + b0, n, sc, af, bf);
+    }
+  }
+  if (t >= 0) {
+    const double pt = std::exp(zt - r.lse);
+    g[t] = static_cast<float>(c * (-q + 2.0 * w * r.lse * pt + eps - eps / static_cast<double>(V)) + g_lse * pt);
+  }
+  return r;
+}
+
+// Dispatches to row_fused_f32 for float rows (callers only use it for float).
+template <typename T>
+RowLoss row_fused(const T* z, T* g, int64_t V, int64_t t, double eps, double w, double c, double g_lse,
+                  std::vector<float>& mblk) {
+  if constexpr (std::is_same_v<T, float>) {
+    return row_fused_f32(z, g, V, t, eps, w, c, g_lse, mblk);
+  } else {
+    TORCH_INTERNAL_ASSERT(false, "row_fused is float32 only");
+  }
+}
+
 // ---- validation -------------------------------------------------------------
 
 }  // namespace
@@ -287,10 +360,19 @@ void cross_entropy_rows(const at::Tensor& lg, const int64_t* tgt, int64_t ignore
     scalar_t* gbase = grad != nullptr ? grad->data_ptr<scalar_t>() : nullptr;
     const bool grad_in_place = grad != nullptr && grad->is_same(lg);
     at::parallel_for(0, N, grain_for(V), [&](int64_t begin, int64_t end) {
-      std::vector<float> buf(kBlock);
+      std::vector<float> buf(kBlock), mblk;
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* z = base + rows.offset(i);
         const int64_t t = tgt[i] == ignore_index ? -1 : tgt[i];
+        if (gbase != nullptr && std::is_same_v<scalar_t, float>) {
+          // float32 forward + gradient: one exponential per element
+          scalar_t* g = grad_in_place ? const_cast<scalar_t*>(z) : gbase + i * V;
+          const double c = t < 0 ? 0.0 : (row_scale != nullptr ? row_scale[i] : scale);
+          const RowLoss r = row_fused<scalar_t>(z, g, V, t, eps, w, c, row_glse != nullptr ? row_glse[i] : 0.0, mblk);
+          lse_rows[i] = r.lse;
+          row_losses[i] = r.loss;
+          continue;
+        }
         const Stats st = row_stats<scalar_t>(z, V, t, eps > 0.0 && t >= 0, buf.data());
         const RowLoss r = row_loss(st, t >= 0 ? static_cast<double>(z[t]) : 0.0, V, t < 0, eps, w);
         lse_rows[i] = r.lse;

@@ -9,6 +9,8 @@ struct Kernels {
   float (*sum_of)(const float* x, long n);
   float (*sum_exp)(const float* x, long n, float m);
   float (*grad_affine)(const float* x, float* out, long n, float lse, float a, float b);
+  float (*exp_store)(const float* x, float* out, long n, float m);
+  float (*scale_affine)(const float* e, float* out, long n, float scale, float a, float b);
   const char* isa;
 };
 

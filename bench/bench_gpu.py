@@ -1,0 +1,155 @@
+"""CUDA kernels against the anchors on one GPU, side by side (bench/gpu_check.sh runs it).
+
+Cross-entropy at (16384, 128256) bf16 and linear cross-entropy at (16384, 4096, 128256)
+bf16, forward+backward: median of CUDA-event timings, peak allocated memory over the
+inputs (torch.cuda.max_memory_allocated), and for the cross-entropy the achieved memory
+bandwidth (logits read once + gradient written once, over the step time).
+Anchors that are not installed are reported as such, not silently dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def measure(step, repeats=10, setup=lambda: None):
+    """step(setup()) timed with CUDA events; setup (untimed) makes the step's input."""
+    for _ in range(3):
+        step(setup())
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        inp = setup()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step(inp)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+        del inp
+    inp = setup()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step(inp)
+    torch.cuda.synchronize()
+    return statistics.median(times), torch.cuda.max_memory_allocated() - base
+
+
+def ce_contenders(z, t):
+    import arwrap_cpp
+
+    out = {
+        "arwrap (inplace)": lambda x: arwrap_cpp.cross_entropy(x, t, inplace_backward=True),
+        "arwrap": lambda x: arwrap_cpp.cross_entropy(x, t),
+        "eager F.cross_entropy": lambda x: F.cross_entropy(x, t),
+        "torch.compile": torch.compile(lambda x: F.cross_entropy(x, t)),
+    }
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+
+        liger = LigerCrossEntropyLoss()
+        out["liger"] = lambda x: liger(x, t)
+    except Exception as e:  # noqa: BLE001
+        out[f"liger (not available: {type(e).__name__})"] = None
+    return out
+
+
+def lce_contenders(t):
+    import arwrap_cpp
+
+    out = {
+        "arwrap": lambda h, W: arwrap_cpp.linear_cross_entropy(h, W, t),
+        "eager": lambda h, W: F.cross_entropy((h @ W.T).float(), t),
+        "torch chunked": lambda h, W: F.linear_cross_entropy(h, W, t, options=torch.nn.LinearCrossEntropyOptions()),
+    }
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()
+        out["liger"] = lambda h, W: liger(W, h, t)
+    except Exception as e:  # noqa: BLE001
+        out[f"liger (not available: {type(e).__name__})"] = None
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        out["cut cross-entropy"] = lambda h, W: cce(h, W, t, impl="cce")
+    except Exception as e:  # noqa: BLE001
+        out[f"cut cross-entropy (not available: {type(e).__name__})"] = None
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=16384)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--out", default="build/gpu_check/gpu")
+    args = ap.parse_args()
+    dev = "cuda"
+    props = torch.cuda.get_device_properties(0)
+    lines = [f"{props.name}, torch {torch.__version__}", "",
+             "| op | shape | contender | fwd+bwd ms | peak extra MB | GB/s | loss |", "|---|---|---|---:|---:|---:|---:|"]
+    results = []
+    N, V, D = args.rows, args.vocab, args.dim
+    z0 = torch.randn(N, V, device=dev, dtype=torch.bfloat16)
+    t = torch.randint(0, V, (N,), device=dev)
+    t[torch.rand(N, device=dev) < 0.05] = -100
+    for name, fn in ce_contenders(z0, t).items():
+        if fn is None:
+            lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | | | | |")
+            continue
+        def setup():  # a fresh logits buffer (the in-place variant consumes it)
+            return z0.clone().requires_grad_(True)
+
+        def step(x):
+            loss = fn(x)
+            (g,) = torch.autograd.grad(loss, x)
+            return loss
+
+        try:
+            secs, mem = measure(step, setup=setup)
+            loss = fn(z0.clone()).item()
+        except Exception as e:  # noqa: BLE001
+            lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | error: {str(e)[:60]} | | | |")
+            continue
+        gbs = 2 * N * V * 2 / secs / 1e9
+        results.append(dict(op="ce", name=name, secs=secs, mem=mem, gbs=gbs, loss=loss))
+        lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | {secs * 1e3:.2f} | {mem / 2**20:.0f} | {gbs:.0f} | {loss:.5f} |")
+    del z0
+    torch.cuda.empty_cache()
+    h = (torch.randn(N, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
+    W = (torch.randn(V, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
+    for name, fn in lce_contenders(t).items():
+        if fn is None:
+            lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | | | | |")
+            continue
+
+        def step(_):
+            loss = fn(h, W)
+            torch.autograd.grad(loss, (h, W))
+            return loss
+
+        try:
+            secs, mem = measure(step, repeats=5)
+            loss = fn(h, W).item()
+        except Exception as e:  # noqa: BLE001
+            lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | error: {str(e)[:60]} | | | |")
+            continue
+        results.append(dict(op="lce", name=name, secs=secs, mem=mem, loss=loss))
+        lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | {secs * 1e3:.1f} | {mem / 2**20:.0f} | | {loss:.5f} |")
+    table = "\n".join(lines)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

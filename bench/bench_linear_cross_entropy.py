@@ -1,0 +1,131 @@
+"""Fused linear cross-entropy, forward+backward, against the anchors, side by side in one run.
+
+    python bench/bench_linear_cross_entropy.py          # (N, D, V) of the issue
+    python bench/bench_linear_cross_entropy.py --shapes 2048x512x32000 --repeats 2
+
+Contenders: arwrap_cpp.linear_cross_entropy; eager F.cross_entropy(h @ W.T);
+PyTorch's chunked F.linear_cross_entropy(options=LinearCrossEntropyOptions());
+Apple's Cut Cross-Entropy with impl="torch_compile" (its CPU path; needs the
+`bench` extra: cut-cross-entropy and triton). Each in its own process; time is the
+median of --repeats steps after a warm-up; memory is the peak resident memory one
+step adds over its inputs, and is compared with grad_hidden + grad_weight, the floor.
+Writes bench/results/linear_cross_entropy.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ["arwrap", "eager", "torch_chunked", "cce_torch_compile"]
+
+
+def child(args):
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(HERE))
+    from _measure import median_time, peak_extra_bytes
+
+    torch.set_num_threads(args.threads)
+    N, D, V = args.n, args.d, args.v
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, D, generator=g).requires_grad_(True)
+    W = (torch.randn(V, D, generator=g) / D**0.5).requires_grad_(True)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[torch.rand(N, generator=g) < 0.05] = -100
+
+    name = args.contender
+    if name == "arwrap":
+        import arwrap_cpp
+
+        fn = lambda: arwrap_cpp.linear_cross_entropy(h, W, t)
+    elif name == "eager":
+        fn = lambda: F.cross_entropy(h @ W.T, t)
+    elif name == "torch_chunked":
+        opts = torch.nn.LinearCrossEntropyOptions()
+        fn = lambda: F.linear_cross_entropy(h, W, t, ignore_index=-100, options=opts)
+    elif name == "cce_torch_compile":
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        fn = lambda: cce(h, W, t, impl="torch_compile")
+    else:
+        raise SystemExit(f"unknown contender {name}")
+
+    def step():
+        loss = fn()
+        gh, gw = torch.autograd.grad(loss, (h, W))
+        return loss.detach(), gh, gw
+
+    loss0, *_ = step()
+    if args.measure == "memory":
+        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": loss0.item()}))
+    else:
+        print(json.dumps({"time_s": median_time(step, args.repeats), "loss": loss0.item()}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="8192x1024x32000,4096x1024x128256", help="comma-separated NxDxV")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(HERE / "results" / "linear_cross_entropy"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--d", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--v", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    import torch
+
+    results = []
+    for shape in args.shapes.split(","):
+        N, D, V = (int(v) for v in shape.lower().split("x"))
+        for c in args.contenders.split(","):
+            r = {"n": N, "d": D, "v": V, "contender": c}
+            for measure in ("time", "memory"):
+                print(f"  {shape} {c} {measure} ...", file=sys.stderr, flush=True)
+                env = dict(os.environ)
+                if measure == "memory":
+                    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+                p = subprocess.run([sys.executable, __file__, "--child", "--measure", measure, "--contender", c,
+                                    "--n", str(N), "--d", str(D), "--v", str(V), "--threads", str(args.threads),
+                                    "--repeats", str(args.repeats)], capture_output=True, text=True, env=env)
+                if p.returncode != 0:
+                    r["error"] = (p.stderr.strip().splitlines() or ["failed"])[-1]
+                    break
+                r.update(json.loads(p.stdout.strip().splitlines()[-1]))
+            results.append(r)
+    lines = [f"float32, {args.threads} threads, 5% ignored targets, median of {args.repeats}, torch {torch.__version__}",
+             "", "| N x D x V | contender | fwd+bwd s | vs eager | peak extra MB | / (grad_h + grad_W) | loss |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for shape in args.shapes.split(","):
+        N, D, V = (int(v) for v in shape.lower().split("x"))
+        floor = (N * D + V * D) * 4
+        rs = {r["contender"]: r for r in results if (r["n"], r["d"], r["v"]) == (N, D, V)}
+        base = rs.get("eager", {}).get("time_s")
+        for c, r in rs.items():
+            if "error" in r:
+                lines.append(f"| {shape} | {c} | error: {r['error'][:70]} | | | | |")
+                continue
+            lines.append(f"| {shape} | {c} | {r['time_s']:.2f} | {base / r['time_s'] if base else float('nan'):.2f}x | "
+                         f"{r['peak_extra_bytes'] / 2**20:.0f} | {r['peak_extra_bytes'] / floor:.2f}x | "
+                         f"{r['loss']:.5f} |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "results": results}, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
