@@ -53,3 +53,26 @@ def median_time(step, repeats: int, before_each=None) -> float:
         times.append(time.perf_counter() - t0)
         del out
     return statistics.median(times)
+
+
+def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> dict:
+    """Runs `script --child --measure M *child_args` in a fresh process for each measure
+    and merges the JSON each prints last; {"error": ...} if one fails. Memory runs have
+    glibc map every allocation over 128 KiB directly, so that freed memory leaves the
+    resident set and the high-water mark sees every buffer (heap reuse would hide small ones)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = {}
+    for measure in measures:
+        env = dict(os.environ)
+        if measure == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        p = subprocess.run([sys.executable, script, "--child", "--measure", measure, *map(str, child_args)],
+                           capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+        out.update(json.loads(p.stdout.strip().splitlines()[-1]))
+    return out

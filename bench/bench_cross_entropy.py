@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -86,22 +85,11 @@ def child(args) -> None:
 
 
 def run_child(contender, rows, V, args):
-    """Time in one process; memory in another, where glibc maps every allocation
-    over 128 KiB directly so that freed memory leaves the resident set and the
-    high-water mark sees every buffer (heap reuse would hide small ones)."""
-    out = {}
-    for measure in ("time", "memory"):
-        cmd = [sys.executable, __file__, "--child", "--measure", measure, "--contender", contender, "--rows",
-               str(rows), "--vocab", str(V), "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--ignore-frac", str(args.ignore_frac)]
-        env = dict(os.environ)
-        if measure == "memory":
-            env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if r.returncode != 0:
-            return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
-        out.update(json.loads(r.stdout.strip().splitlines()[-1]))
-    return out
+    sys.path.insert(0, str(HERE))
+    from _measure import run_isolated
+
+    return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V, "--threads", args.threads,
+                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
 
 
 def main():

@@ -121,7 +121,6 @@ def main():
         gbs = 2 * N * V * 2 / secs / 1e9
         results.append(dict(op="ce", name=name, secs=secs, mem=mem, gbs=gbs, loss=loss))
         lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | {secs * 1e3:.2f} | {mem / 2**20:.0f} | {gbs:.0f} | {loss:.5f} |")
-    del z0
     torch.cuda.empty_cache()
     h = (torch.randn(N, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
     W = (torch.randn(V, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -86,23 +84,17 @@ def main():
         return child(args)
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from _measure import run_isolated
+
     results = []
     for shape in args.shapes.split(","):
         N, D, V = (int(v) for v in shape.lower().split("x"))
         for c in args.contenders.split(","):
+            print(f"  {shape} {c} ...", file=sys.stderr, flush=True)
             r = {"n": N, "d": D, "v": V, "contender": c}
-            for measure in ("time", "memory"):
-                print(f"  {shape} {c} {measure} ...", file=sys.stderr, flush=True)
-                env = dict(os.environ)
-                if measure == "memory":
-                    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-                p = subprocess.run([sys.executable, __file__, "--child", "--measure", measure, "--contender", c,
-                                    "--n", str(N), "--d", str(D), "--v", str(V), "--threads", str(args.threads),
-                                    "--repeats", str(args.repeats)], capture_output=True, text=True, env=env)
-                if p.returncode != 0:
-                    r["error"] = (p.stderr.strip().splitlines() or ["failed"])[-1]
-                    break
-                r.update(json.loads(p.stdout.strip().splitlines()[-1]))
+            r.update(run_isolated(__file__, ["--contender", c, "--n", N, "--d", D, "--v", V, "--threads",
+                                             args.threads, "--repeats", args.repeats]))
             results.append(r)
     lines = [f"float32, {args.threads} threads, 5% ignored targets, median of {args.repeats}, torch {torch.__version__}",
              "", "| N x D x V | contender | fwd+bwd s | vs eager | peak extra MB | / (grad_h + grad_W) | loss |",

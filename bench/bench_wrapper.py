@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,7 +37,10 @@ def child(args):
     V, dim, depth, b, n1 = CONFIGS[args.config]
     torch.manual_seed(0)
     net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
-    wrapper = (arwrap_cpp.AutoregressiveWrapper if args.wrapper == "arwrap" else XT)(net)
+    if args.wrapper == "x_transformers":
+        wrapper = XT(net)
+    else:
+        wrapper = arwrap_cpp.AutoregressiveWrapper(net, fused_head=args.wrapper == "arwrap_fused_head")
     x = torch.randint(0, V, (b, n1))
 
     def step():
@@ -72,22 +73,16 @@ def main():
         return child(args)
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from _measure import run_isolated
+
     results = []
     for cfg in args.configs.split(","):
-        for w in ("x_transformers", "arwrap"):
+        for w in ("x_transformers", "arwrap", "arwrap_fused_head"):
+            print(f"  {cfg} {w} ...", file=sys.stderr, flush=True)
             r = {"config": cfg, "wrapper": w}
-            for measure in ("time", "memory"):
-                print(f"  {cfg} {w} {measure} ...", file=sys.stderr, flush=True)
-                env = dict(os.environ)
-                if measure == "memory":
-                    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-                p = subprocess.run([sys.executable, __file__, "--child", "--measure", measure, "--config", cfg,
-                                    "--wrapper", w, "--threads", str(args.threads), "--repeats", str(args.repeats)],
-                                   capture_output=True, text=True, env=env)
-                if p.returncode != 0:
-                    r["error"] = (p.stderr.strip().splitlines() or ["failed"])[-1]
-                    break
-                r.update(json.loads(p.stdout.strip().splitlines()[-1]))
+            r.update(run_isolated(__file__, ["--config", cfg, "--wrapper", w, "--threads", args.threads,
+                                             "--repeats", args.repeats]))
             results.append(r)
     lines = [f"float32, {args.threads} threads, median of {args.repeats} steps, torch {torch.__version__}", "",
              "| config | wrapper | step ms | speed-up | peak extra MB | memory ratio | loss |",

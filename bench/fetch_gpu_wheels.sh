@@ -11,5 +11,5 @@ PY="${PYTHON:-python3}"
 common=(--no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --platform any -d "$DEST")
 "$PY" -m pip download "${common[@]}" \
   "x-transformers==2.31.10" einops einx loguru frozendict torch-einops-utils pytest iniconfig pluggy packaging \
-  liger-kernel cut-cross-entropy
+  liger-kernel cut-cross-entropy numpy
 ls -la "$DEST"

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-import arwrap_cpp
 from arwrap_cpp import cross_entropy
 from conftest import reference_cross_entropy as ref
 

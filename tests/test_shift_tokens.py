@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from x_transformers import AutoregressiveWrapper
 from x_transformers.autoregressive_wrapper import lens_to_mask
 
-import arwrap_cpp
 from arwrap_cpp import shift_tokens
 
 

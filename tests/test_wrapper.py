@@ -10,7 +10,6 @@ from torch import nn
 from x_transformers import AutoregressiveWrapper as XTWrapper
 from x_transformers import Decoder, TransformerWrapper
 
-import arwrap_cpp
 from arwrap_cpp import AutoregressiveWrapper
 
 V, SEQ, DIM = 61, 33, 32

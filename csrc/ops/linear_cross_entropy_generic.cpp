@@ -1,20 +1,17 @@
-// The fused linear cross-entropy for any device, from dispatched operators only:
-// per tile of rows, the logits by a GEMM (cuBLAS on CUDA), then the cross-entropy
-// forward (loss, lse) and its in-place backward (the gradient over the tile), then
-// the two GEMMs into grad_hidden and grad_weight. It is the CUDA kernel of
+// The fused linear cross-entropy for any device, from dispatched operators only: the
+// tile loop of linear_tiles.h (GEMMs: cuBLAS on CUDA), each logits tile turned into its
+// loss and lse by the cross-entropy forward, then into its gradient by the in-place
+// cross-entropy backward. It is the CUDA kernel of
 // linear_cross_entropy_{forward,backward} (the CPU has a faster fused row sweep), and,
 // as _linear_cross_entropy_{forward,backward}_generic, runs on the CPU in the tests so
 // this code path is checked without a GPU.
 #include "common.h"
+#include "linear_tiles.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -28,13 +25,6 @@ using FwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::T
 using BwdInplaceSig = void(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, int64_t, int64_t, double, double);
 
-int64_t generic_tile_rows(int64_t N, int64_t D, int64_t V, int64_t elem) {
-  const int64_t grads = (N * D + V * D) * elem;
-  int64_t R = grads / 5 / std::max<int64_t>(V * elem, 1);
-  R = std::clamp<int64_t>(R, 64, 8192) / 16 * 16;
-  return std::max<int64_t>(1, std::min(R, N));
-}
-
 struct Out {
   at::Tensor loss_rows, lse_rows, gh, gw, gb;
 };
@@ -47,67 +37,30 @@ Out run(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<
   static auto fwd = c10::Dispatcher::singleton().findSchemaOrThrow("arwrap::cross_entropy_forward", "").typed<FwdSig>();
   static auto bwd =
       c10::Dispatcher::singleton().findSchemaOrThrow("arwrap::cross_entropy_backward_", "").typed<BwdInplaceSig>();
-  const int64_t D = hidden.size(-1), V = weight.size(0);
+  const int64_t D = hidden.size(-1);
   const at::Tensor h = hidden.reshape({-1, D}).contiguous();
   const at::Tensor target = target_in.reshape({-1}).contiguous();
   const int64_t N = h.size(0);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const bool low = h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf;
-  const auto acc = low ? at::kFloat : h.scalar_type();
   const auto ld = loss_dtype(h);
-  const bool any = row_c.defined() && (need[0] || need[1] || need[2]);
-
+  if (!row_c.defined()) need = {false, false, false};
   Out o;
   o.loss_rows = at::empty({N}, h.options().dtype(ld));
   o.lse_rows = at::empty({N}, h.options().dtype(ld));
-  if (any && need[0]) o.gh = at::empty({N, D}, h.options());
-  at::Tensor dw = any && need[1] ? at::zeros({V, D}, h.options().dtype(acc)) : at::Tensor();
-  at::Tensor db = any && need[2] && has_bias ? at::zeros({V}, h.options().dtype(acc)) : at::Tensor();
-  if (N == 0) {
-    if (dw.defined()) o.gw = dw.to(weight.scalar_type());
-    if (db.defined()) o.gb = db.to(bias->scalar_type());
-    return o;
-  }
-  const int64_t R = generic_tile_rows(N, D, V, static_cast<int64_t>(h.element_size()));
-  at::Tensor tile = at::empty({std::min(R, N), V}, h.options());
-  const at::Tensor wt = weight.t();
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rr = std::min(R, N - r0);
-    const at::Tensor ht = h.narrow(0, r0, rr);
+  const bool any = need[0] || need[1] || need[2];
+  LinearGrads g = linear_tiles(h, weight, bias, need, 8192, [&](at::Tensor& z, int64_t r0, int64_t rr) {
     const at::Tensor tt = target.narrow(0, r0, rr);
-    at::Tensor z = tile.narrow(0, 0, rr);
-    if (has_bias) {
-      at::addmm_out(z, *bias, ht, wt);
-    } else {
-      at::mm_out(z, ht, wt);
-    }
     auto [l, s] = fwd.call(z, tt, ignore_index, /*none*/ 0, eps, w);
     o.loss_rows.narrow(0, r0, rr).copy_(l);
     o.lse_rows.narrow(0, r0, rr).copy_(s);
-    if (!any) continue;
-    std::optional<at::Tensor> g;
-    if (glse.defined()) g = glse.narrow(0, r0, rr);
-    bwd.call(row_c.narrow(0, r0, rr), g, z, tt, s, ignore_index, /*none*/ 0, eps, w);  // z <- dloss/dz
-    if (o.gh.defined()) {
-      at::Tensor gh = o.gh.narrow(0, r0, rr);
-      at::mm_out(gh, z, weight);
-    }
-    if (dw.defined()) {
-      if (low) {
-        dw.addmm_(z.t().to(at::kFloat), ht.to(at::kFloat));
-      } else {
-        dw.addmm_(z.t(), ht);
-      }
-    }
-    if (db.defined()) db.add_(z.sum(0, false, acc));
-  }
-  if (dw.defined()) o.gw = dw.to(weight.scalar_type());
-  if (db.defined()) o.gb = db.to(bias->scalar_type());
+    if (!any) return;
+    std::optional<at::Tensor> gl;
+    if (glse.defined()) gl = glse.narrow(0, r0, rr);
+    bwd.call(row_c.narrow(0, r0, rr), gl, z, tt, s, ignore_index, /*none*/ 0, eps, w);  // z <- dloss/dz
+  });
+  o.gh = g.hidden;
+  o.gw = g.weight;
+  o.gb = g.bias;
   return o;
-}
-
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_generic(

@@ -1,23 +1,12 @@
 // CPU kernels of the fused linear cross-entropy: the loss of hidden (N, D) against a
-// classifier weight (V, D) (+ bias) without ever holding the (N, V) logits.
-//
-// Rows are processed in tiles of R rows. Per tile:
-//   Z      = H_t W^T + b                 (R, V)  one GEMM into a reused tile buffer
-//   Z     <- c * dloss/dZ                in place, by the cross-entropy row kernels
-//            (loss and lse of each row come out of the same sweep)
-//   dH_t   = Z W                         (R, D)  GEMM
-//   dW    += Z^T H_t                     (V, D)  GEMM, accumulated in float32 for bf16/fp16
-//   db    += sum_rows Z
-// Peak extra memory: dH + dW (+ db) + one tile. The tile height comes from the shapes:
-// about a fifth of the gradient buffers, so the tile never dominates memory, and at
-// least 64 rows so the GEMM with K = R stays efficient.
+// classifier weight (V, D) (+ bias) without ever holding the (N, V) logits. The tile
+// loop is linear_tiles (../linear_tiles.h); here each logits tile becomes its loss,
+// lse and c * dloss/dZ in place in one fused sweep of the cross-entropy row kernels.
 #include "../common.h"
+#include "../linear_tiles.h"
 #include "cross_entropy_rows.h"
 
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,77 +16,35 @@
 namespace arwrap::ops::cpu {
 namespace {
 
-int64_t tile_rows(int64_t N, int64_t D, int64_t V, int64_t elem) {
-  const int64_t grads = (N * D + V * D) * elem;
-  int64_t R = grads / 5 / std::max<int64_t>(V * elem, 1);
-  R = std::clamp<int64_t>(R, 64, 4096);
-  R = R / 16 * 16;
-  return std::max<int64_t>(1, std::min(R, N));
-}
-
 struct Result {
   std::vector<double> loss_rows, lse_rows;
   at::Tensor grad_hidden, grad_weight, grad_bias;
 };
 
-// One sweep over the row tiles. grad_scale/row_scale/row_glse as in cross_entropy_rows;
-// need[0..2]: which of dH, dW, db to produce (none: loss and lse only).
-Result run_tiles(const at::Tensor& hidden_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+// One sweep over the row tiles; the CPU turns each tile into its loss and gradient
+// with the fused cross-entropy row sweep. grad_scale/row_scale/row_glse as in
+// cross_entropy_rows; need: which of dH, dW, db to produce (none: loss and lse only).
+Result run_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const at::Tensor& target_in, int64_t ignore_index, double eps, double w, double scale,
                  const double* row_scale, const double* row_glse, std::array<bool, 3> need) {
-  const int64_t D = hidden_in.size(-1), V = weight.size(0);
-  const at::Tensor h = hidden_in.reshape({-1, D}).contiguous();
+  const int64_t D = hidden.size(-1);
+  const at::Tensor h = hidden.reshape({-1, D}).contiguous();
   const at::Tensor target = target_in.reshape({-1}).contiguous();
   const int64_t N = h.size(0);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const bool low = h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf;
-  const auto acc_dtype = low ? at::kFloat : h.scalar_type();
   const bool any_grad = need[0] || need[1] || need[2];
-
   Result r;
   r.loss_rows.resize(static_cast<size_t>(N));
   r.lse_rows.resize(static_cast<size_t>(N));
-  if (need[0]) r.grad_hidden = at::empty({N, D}, h.options());
-  at::Tensor dw = need[1] ? at::zeros({V, D}, h.options().dtype(acc_dtype)) : at::Tensor();
-  at::Tensor db = need[2] && has_bias ? at::zeros({V}, h.options().dtype(acc_dtype)) : at::Tensor();
-
-  const int64_t R = tile_rows(N, D, V, static_cast<int64_t>(h.element_size()));
-  at::Tensor tile = at::empty({std::min(R, N), V}, h.options());
-  const at::Tensor wt = weight.t();
   const int64_t* tgt = target.data_ptr<int64_t>();
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rr = std::min(R, N - r0);
-    const at::Tensor ht = h.narrow(0, r0, rr);
-    at::Tensor z = tile.narrow(0, 0, rr);
-    if (has_bias) {
-      at::addmm_out(z, *bias, ht, wt);
-    } else {
-      at::mm_out(z, ht, wt);
-    }
+  LinearGrads g = linear_tiles(h, weight, bias, need, 4096, [&](at::Tensor& z, int64_t r0, int64_t) {
     cross_entropy_rows(z, tgt + r0, ignore_index, eps, w, r.loss_rows.data() + r0, r.lse_rows.data() + r0,
                        any_grad ? &z : nullptr, scale, row_scale ? row_scale + r0 : nullptr,
                        row_glse ? row_glse + r0 : nullptr);
-    if (!any_grad) continue;
-    if (need[0]) {
-      at::Tensor gh = r.grad_hidden.narrow(0, r0, rr);
-      at::mm_out(gh, z, weight);
-    }
-    if (dw.defined()) {
-      if (low) {
-        dw.addmm_(z.t().to(at::kFloat), ht.to(at::kFloat));
-      } else {
-        dw.addmm_(z.t(), ht);
-      }
-    }
-    if (db.defined()) db.add_(z.sum(0, false, acc_dtype));
-  }
-  if (dw.defined()) r.grad_weight = dw.to(weight.scalar_type());
-  if (db.defined()) r.grad_bias = db.to(bias->scalar_type());
+  });
+  r.grad_hidden = g.hidden;
+  r.grad_weight = g.weight;
+  r.grad_bias = g.bias;
   return r;
-}
-
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_forward_cpu(

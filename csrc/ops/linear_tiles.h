@@ -1,0 +1,91 @@
+// The row-tile loop of the fused linear cross-entropy, shared by the CPU kernel and the
+// device-generic (CUDA) one, which differ only in how a tile of logits becomes its loss
+// and gradient. Per tile of R rows:
+//   Z    = H_t W^T + b             (R, V)  one GEMM into a reused buffer
+//   rows(Z, r0, R)                 loss, lse, and dloss/dZ written over Z
+//   dH_t = Z W                     (R, D)
+//   dW  += Z^T H_t                 (V, D)  accumulated in float32 for bf16/fp16
+//   db  += sum_rows Z
+// Peak extra memory: dH + dW (+ db) + one tile.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+
+namespace arwrap::ops {
+
+// Rows per tile, from the shapes: about a fifth of the gradient buffers (so the tile
+// never dominates memory), at least 64 rows (so the GEMM with K = R stays efficient).
+inline int64_t linear_tile_rows(int64_t N, int64_t D, int64_t V, int64_t elem, int64_t max_rows) {
+  const int64_t grads = (N * D + V * D) * elem;
+  int64_t R = grads / 5 / std::max<int64_t>(V * elem, 1);
+  R = std::clamp<int64_t>(R, 64, max_rows) / 16 * 16;
+  return std::max<int64_t>(1, std::min(R, N));
+}
+
+struct LinearGrads {
+  at::Tensor hidden, weight, bias;  // undefined where not asked for
+};
+
+// h: (N, D) contiguous. need: which gradients to produce. rows(z, r0, rr) turns the
+// logits tile z (rows r0 .. r0 + rr) into its loss and lse, and (when gradients are
+// needed) into dloss/dz in place.
+template <typename RowsFn>
+LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         std::array<bool, 3> need, int64_t max_rows, RowsFn&& rows) {
+  const int64_t N = h.size(0), D = h.size(1), V = weight.size(0);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const bool low = h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kHalf;
+  const auto acc = low ? at::kFloat : h.scalar_type();
+  LinearGrads g;
+  if (need[0]) g.hidden = at::empty({N, D}, h.options());
+  at::Tensor dw = need[1] ? at::zeros({V, D}, h.options().dtype(acc)) : at::Tensor();
+  at::Tensor db = need[2] && has_bias ? at::zeros({V}, h.options().dtype(acc)) : at::Tensor();
+  const bool any = g.hidden.defined() || dw.defined() || db.defined();
+  if (N > 0) {
+    const int64_t R = linear_tile_rows(N, D, V, static_cast<int64_t>(h.element_size()), max_rows);
+    at::Tensor tile = at::empty({R, V}, h.options());
+    const at::Tensor wt = weight.t();
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rr = std::min(R, N - r0);
+      const at::Tensor ht = h.narrow(0, r0, rr);
+      at::Tensor z = tile.narrow(0, 0, rr);
+      if (has_bias) {
+        at::addmm_out(z, *bias, ht, wt);
+      } else {
+        at::mm_out(z, ht, wt);
+      }
+      rows(z, r0, rr);
+      if (!any) continue;
+      if (g.hidden.defined()) {
+        at::Tensor gh = g.hidden.narrow(0, r0, rr);
+        at::mm_out(gh, z, weight);
+      }
+      if (dw.defined()) {
+        if (low) {
+          dw.addmm_(z.t().to(at::kFloat), ht.to(at::kFloat));
+        } else {
+          dw.addmm_(z.t(), ht);
+        }
+      }
+      if (db.defined()) db.add_(z.sum(0, false, acc));
+    }
+  }
+  if (dw.defined()) g.weight = dw.to(weight.scalar_type());
+  if (db.defined()) g.bias = db.to(bias->scalar_type());
+  return g;
+}
+
+// Operators return an empty tensor for a gradient that was not asked for.
+inline at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
+}  // namespace arwrap::ops
