@@ -137,9 +137,10 @@ def main():
                 lines.append(f"| {rows}x{V} | {c} | error: {r['error'][:60]} | | | | | |")
                 continue
             t = r["time_s"]
+            vs_eager = f"{base / t:.2f}x" if base else "–"
+            vs_xt = f"{xt / t:.2f}x" if xt else "–"
             lines.append(
-                f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {base / t if base else float('nan'):.2f}x | "
-                f"{xt / t if xt else float('nan'):.2f}x | {r['peak_extra_bytes'] / 2**20:.1f} | "
+                f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {vs_eager} | {vs_xt} | {r['peak_extra_bytes'] / 2**20:.1f} | "
                 f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
     table = "\n".join(lines)
     print(table)

@@ -4,9 +4,11 @@ arwrap_cpp.AutoregressiveWrapper vs x-transformers' AutoregressiveWrapper, side 
     python bench/bench_wrapper.py                   # configurations A, B, C of the issue
     python bench/bench_wrapper.py --configs C --repeats 3
 
-Each (configuration, wrapper) runs in its own process: time is the median of
---repeats steps after two warm-up steps; peak memory is the resident memory one step
-adds over the model and its inputs (see _measure.py). Writes bench/results/wrapper.{json,md}.
+Time: one process per configuration wraps the same net with each wrapper and runs
+their steps round-robin (--repeats rounds after two warm-up steps each), so slow
+drifts of the machine hit all of them alike; the median per wrapper is reported.
+Memory: each (configuration, wrapper) in its own process, the resident memory one
+step adds over the model and its inputs (see _measure.py). Writes bench/results/wrapper.{json,md}.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+WRAPPERS = ("x_transformers", "arwrap", "arwrap_fused_head")
 CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1)
     "A": (256, 512, 6, 4, 1025),
     "B": (256, 256, 4, 8, 513),
@@ -31,38 +34,55 @@ def child(args):
     import arwrap_cpp
 
     sys.path.insert(0, str(HERE))
-    from _measure import median_time, peak_extra_bytes
+    from _measure import peak_extra_bytes
+
+    import statistics
+    import time
 
     torch.set_num_threads(args.threads)
     V, dim, depth, b, n1 = CONFIGS[args.config]
     torch.manual_seed(0)
     net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
-    if args.wrapper == "x_transformers":
-        wrapper = XT(net)
-    else:
-        wrapper = arwrap_cpp.AutoregressiveWrapper(net, fused_head=args.wrapper == "arwrap_fused_head")
     x = torch.randint(0, V, (b, n1))
 
-    def step():
-        loss = wrapper(x)
-        loss.backward()
-        for p in net.parameters():
-            p.grad = None
-        return loss.detach()
+    def make(name):
+        if name == "x_transformers":
+            return XT(net)
+        return arwrap_cpp.AutoregressiveWrapper(net, fused_head=name == "arwrap_fused_head")
 
-    l0 = step()
-    step()
+    def step_of(wrapper):
+        def step():
+            loss = wrapper(x)
+            loss.backward()
+            for p in net.parameters():
+                p.grad = None
+            return loss.detach()
+        return step
+
     if args.measure == "memory":
+        step = step_of(make(args.wrapper))
+        l0 = step()
+        step()
         print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
-    else:
-        print(json.dumps({"time_s": median_time(step, args.repeats), "loss": l0.item()}))
+        return
+    steps = {name: step_of(make(name)) for name in WRAPPERS}
+    losses = {name: s().item() for name, s in steps.items()}
+    for s in steps.values():
+        s()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[name].append(time.perf_counter() - t0)
+    print(json.dumps({name: {"time_s": statistics.median(t), "loss": losses[name]} for name, t in times.items()}))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="A,B,C")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "results" / "wrapper"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
@@ -78,13 +98,20 @@ def main():
 
     results = []
     for cfg in args.configs.split(","):
-        for w in ("x_transformers", "arwrap", "arwrap_fused_head"):
-            print(f"  {cfg} {w} ...", file=sys.stderr, flush=True)
+        print(f"  {cfg} time (all wrappers, round-robin) ...", file=sys.stderr, flush=True)
+        timed = run_isolated(__file__, ["--config", cfg, "--wrapper", "all", "--threads", args.threads,
+                                        "--repeats", args.repeats], measures=("time",))
+        for w in WRAPPERS:
+            print(f"  {cfg} {w} memory ...", file=sys.stderr, flush=True)
             r = {"config": cfg, "wrapper": w}
-            r.update(run_isolated(__file__, ["--config", cfg, "--wrapper", w, "--threads", args.threads,
-                                             "--repeats", args.repeats]))
+            if "error" in timed:
+                r["error"] = timed["error"]
+            else:
+                r.update(timed[w])
+                r.update(run_isolated(__file__, ["--config", cfg, "--wrapper", w, "--threads", args.threads,
+                                                 "--repeats", args.repeats], measures=("memory",)))
             results.append(r)
-    lines = [f"float32, {args.threads} threads, median of {args.repeats} steps, torch {torch.__version__}", "",
+    lines = [f"float32, {args.threads} threads, median of {args.repeats} round-robin steps, torch {torch.__version__}", "",
              "| config | wrapper | step ms | speed-up | peak extra MB | memory ratio | loss |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for cfg in args.configs.split(","):

@@ -54,6 +54,7 @@ def test_pure_cpp_consumer_builds_and_runs(cpp_build, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ALL OK" in run.stdout
     assert "torchscript: loss" in run.stdout
+    assert "linear_cross_entropy: loss" in run.stdout
 
 
 @pytest.mark.slow
