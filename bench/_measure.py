@@ -55,6 +55,19 @@ def median_time(step, repeats: int, before_each=None) -> float:
     return statistics.median(times)
 
 
+def write_results(out, lines, payload) -> None:
+    """Prints the markdown table and writes it as OUT.md, with the raw results as OUT.json."""
+    import json
+    from pathlib import Path
+
+    table = "\n".join(lines)
+    print(table)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+
+
 def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> dict:
     """Runs `script --child --measure M *child_args` in a fresh process for each measure
     and merges the JSON each prints last; {"error": ...} if one fails. Memory runs have

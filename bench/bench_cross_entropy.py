@@ -111,6 +111,9 @@ def main():
 
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from _measure import write_results
+
     results = []
     for shape in args.shapes.split(","):
         rows, V = (int(v) for v in shape.lower().split("x"))
@@ -142,12 +145,7 @@ def main():
             lines.append(
                 f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {vs_eager} | {vs_xt} | {r['peak_extra_bytes'] / 2**20:.1f} | "
                 f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results}, indent=1))
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, lines, {"env": env, "results": results})
 
 
 if __name__ == "__main__":

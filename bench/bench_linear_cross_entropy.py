@@ -85,7 +85,7 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated
+    from _measure import run_isolated, write_results
 
     results = []
     for shape in args.shapes.split(","):
@@ -111,12 +111,7 @@ def main():
             lines.append(f"| {shape} | {c} | {r['time_s']:.2f} | {base / r['time_s'] if base else float('nan'):.2f}x | "
                          f"{r['peak_extra_bytes'] / 2**20:.0f} | {r['peak_extra_bytes'] / floor:.2f}x | "
                          f"{r['loss']:.5f} |")
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "results": results}, indent=1))
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, lines, {"threads": args.threads, "results": results})
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated
+    from _measure import run_isolated, write_results
 
     results = []
     for cfg in args.configs.split(","):
@@ -127,12 +127,7 @@ def main():
             mr = r["peak_extra_bytes"] / base.get("peak_extra_bytes", float("nan"))
             lines.append(f"| {label} | {w} | {r['time_s'] * 1e3:.0f} | {sp:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} | "
                          f"{mr:.2f} | {r['loss']:.4f} |")
-    table = "\n".join(lines)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "results": results}, indent=1))
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, lines, {"threads": args.threads, "results": results})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ using BwdInplaceSig = void(const at::Tensor&, const std::optional<at::Tensor>&, 
                            const at::Tensor&, int64_t, int64_t, double, double);
 
 struct Out {
-  at::Tensor loss_rows, lse_rows, gh, gw, gb;
+  at::Tensor loss_rows, lse_rows;
+  LinearGrads grads;
 };
 
 // row_c: (N,) per-row gradient scale in the loss dtype (undefined: no gradient);
@@ -47,7 +48,7 @@ Out run(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<
   o.loss_rows = at::empty({N}, h.options().dtype(ld));
   o.lse_rows = at::empty({N}, h.options().dtype(ld));
   const bool any = need[0] || need[1] || need[2];
-  LinearGrads g = linear_tiles(h, weight, bias, need, 8192, [&](at::Tensor& z, int64_t r0, int64_t rr) {
+  o.grads = linear_tiles(h, weight, bias, need, 8192, [&](at::Tensor& z, int64_t r0, int64_t rr) {
     const at::Tensor tt = target.narrow(0, r0, rr);
     auto [l, s] = fwd.call(z, tt, ignore_index, /*none*/ 0, eps, w);
     o.loss_rows.narrow(0, r0, rr).copy_(l);
@@ -57,9 +58,6 @@ Out run(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<
     if (glse.defined()) gl = glse.narrow(0, r0, rr);
     bwd.call(row_c.narrow(0, r0, rr), gl, z, tt, s, ignore_index, /*none*/ 0, eps, w);  // z <- dloss/dz
   });
-  o.gh = g.hidden;
-  o.gw = g.weight;
-  o.gb = g.bias;
   return o;
 }
 
@@ -89,8 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_g
     loss = o.loss_rows.sum();
     if (red == Reduction::Mean) loss = loss / count.clamp_min(1);
   }
-  const at::Tensor gh = o.gh.defined() ? o.gh.view(hidden.sizes()) : o.gh;
-  return {loss, o.lse_rows.view(target.sizes()), or_empty(gh, hidden), or_empty(o.gw, weight), or_empty(o.gb, weight)};
+  const at::Tensor gh = o.grads.hidden.defined() ? o.grads.hidden.view(hidden.sizes()) : o.grads.hidden;
+  return {loss, o.lse_rows.view(target.sizes()), or_empty(gh, hidden), or_empty(o.grads.weight, weight), or_empty(o.grads.bias, weight)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_generic(
@@ -116,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_generic(
   at::Tensor glse;
   if (grad_lse.has_value() && grad_lse->defined()) glse = grad_lse->reshape({-1}).to(ld);
   Out o = run(hidden, weight, bias, target, ignore_index, eps, w, row_c.contiguous(), glse, need);
-  const at::Tensor gh = o.gh.defined() ? o.gh.view(hidden.sizes()) : o.gh;
-  return {or_empty(gh, hidden), or_empty(o.gw, weight), or_empty(o.gb, weight)};
+  const at::Tensor gh = o.grads.hidden.defined() ? o.grads.hidden.view(hidden.sizes()) : o.grads.hidden;
+  return {or_empty(gh, hidden), or_empty(o.grads.weight, weight), or_empty(o.grads.bias, weight)};
 }
 
 }  // namespace

@@ -104,6 +104,19 @@ struct Stats {
   double sum_z = 0.0;                                   // sum_j z_j (label smoothing)
 };
 
+// acc += f(off, len) over the block [b0, b0 + n) with the target position t left
+// out (every sweep keeps the true class apart from the rest of the row).
+template <typename Acc, typename F>
+inline void add_except_target(Acc& acc, int64_t b0, int64_t n, int64_t t, F&& f) {
+  if (t >= b0 && t < b0 + n) {
+    const int64_t tl = t - b0;
+    acc += f(0, tl);
+    acc += f(tl + 1, n - tl - 1);
+  } else {
+    acc += f(0, n);
+  }
+}
+
 // Converts a block of T to float in buf (or points at it directly for float).
 template <typename T>
 inline const float* as_float(const T* z, int64_t n, float* buf) {
@@ -130,12 +143,7 @@ Stats row_stats_f32(const T* z, int64_t V, int64_t t, bool need_sum_z, float* bu
       s *= std::exp(m - bm);
       m = bm;
     }
-    if (t >= b0 && t < b0 + n) {
-      const int64_t tl = t - b0;
-      s += k.sum_exp(x, tl, m) + k.sum_exp(x + tl + 1, n - tl - 1, m);
-    } else {
-      s += k.sum_exp(x, n, m);
-    }
+    add_except_target(s, b0, n, t, [&](int64_t o, int64_t len) { return k.sum_exp(x + o, len, m); });
     if (need_sum_z) sum_z += k.sum_of(x, n);
   }
   Stats st;
@@ -222,22 +230,13 @@ void row_grad(const T* z, T* out, int64_t V, int64_t t, double lse, double c, do
     for (int64_t b0 = 0; b0 < V; b0 += kBlock) {
       const int64_t n = std::min(kBlock, V - b0);
       if constexpr (std::is_same_v<T, float>) {
-        if (t >= b0 && t < b0 + n) {
-          const int64_t tl = t - b0;
-          q += k.grad_affine(z + b0, out + b0, tl, lf, af, bf);
-          q += k.grad_affine(z + b0 + tl + 1, out + b0 + tl + 1, n - tl - 1, lf, af, bf);
-        } else {
-          q += k.grad_affine(z + b0, out + b0, n, lf, af, bf);
-        }
+        add_except_target(q, b0, n, t, [&](int64_t o, int64_t len) {
+          return k.grad_affine(z + b0 + o, out + b0 + o, len, lf, af, bf);
+        });
       } else {
         const float* x = as_float(z + b0, n, buf);
-        if (t >= b0 && t < b0 + n) {
-          const int64_t tl = t - b0;
-          q += k.grad_affine(x, buf, tl, lf, af, bf);
-          q += k.grad_affine(x + tl + 1, buf + tl + 1, n - tl - 1, lf, af, bf);
-        } else {
-          q += k.grad_affine(x, buf, n, lf, af, bf);
-        }
+        add_except_target(q, b0, n, t,
+                          [&](int64_t o, int64_t len) { return k.grad_affine(x + o, buf + o, len, lf, af, bf); });
         for (int64_t j = 0; j < n; ++j) out[b0 + j] = static_cast<T>(buf[j]);
       }
     }
@@ -271,13 +270,8 @@ RowLoss row_fused_f32(const float* z, float* g, int64_t V, int64_t t, double eps
     }
     mblk[static_cast<size_t>(bi)] = m;
     if (eps > 0.0 && t >= 0) sum_z += k.sum_of(z + b0, n);
-    if (t >= b0 && t < b0 + n) {
-      const int64_t tl = t - b0;
-      s += k.exp_store(z + b0, g + b0, tl, m);
-      s += k.exp_store(z + b0 + tl + 1, g + b0 + tl + 1, n - tl - 1, m);
-    } else {
-      s += k.exp_store(z + b0, g + b0, n, m);
-    }
+    add_except_target(s, b0, n, t,
+                      [&](int64_t o, int64_t len) { return k.exp_store(z + b0 + o, g + b0 + o, len, m); });
   }
   Stats st;
   st.m = m;
@@ -295,13 +289,9 @@ RowLoss row_fused_f32(const float* z, float* g, int64_t V, int64_t t, double eps
   for (int64_t bi = 0, b0 = 0; b0 < V; ++bi, b0 += kBlock) {
     const int64_t n = std::min(kBlock, V - b0);
     const float sc = static_cast<float>(std::exp(static_cast<double>(mblk[static_cast<size_t>(bi)]) - r.lse));
-    if (t >= b0 && t < b0 + n) {
-      const int64_t tl = t - b0;
-      q += k.scale_affine(g + b0, g + b0, tl, sc, af, bf);
-      q += k.scale_affine(g + b0 + tl + 1, g + b0 + tl + 1, n - tl - 1, sc, af, bf);
-    } else {
-      q += k.scale_affine(g + b0, g + b0, n, sc, af, bf);
-    }
+    add_except_target(q, b0, n, t, [&](int64_t o, int64_t len) {
+      return k.scale_affine(g + b0 + o, g + b0 + o, len, sc, af, bf);
+    });
   }
   if (t >= 0) {
     const double pt = std::exp(zt - r.lse);

@@ -18,7 +18,7 @@ namespace {
 
 struct Result {
   std::vector<double> loss_rows, lse_rows;
-  at::Tensor grad_hidden, grad_weight, grad_bias;
+  LinearGrads grads;
 };
 
 // One sweep over the row tiles; the CPU turns each tile into its loss and gradient
@@ -36,14 +36,11 @@ Result run_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::
   r.loss_rows.resize(static_cast<size_t>(N));
   r.lse_rows.resize(static_cast<size_t>(N));
   const int64_t* tgt = target.data_ptr<int64_t>();
-  LinearGrads g = linear_tiles(h, weight, bias, need, 4096, [&](at::Tensor& z, int64_t r0, int64_t) {
+  r.grads = linear_tiles(h, weight, bias, need, 4096, [&](at::Tensor& z, int64_t r0, int64_t) {
     cross_entropy_rows(z, tgt + r0, ignore_index, eps, w, r.loss_rows.data() + r0, r.lse_rows.data() + r0,
                        any_grad ? &z : nullptr, scale, row_scale ? row_scale + r0 : nullptr,
                        row_glse ? row_glse + r0 : nullptr);
   });
-  r.grad_hidden = g.hidden;
-  r.grad_weight = g.weight;
-  r.grad_bias = g.bias;
   return r;
 }
 
@@ -68,8 +65,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
     for (double v : r.loss_rows) total += v;
     write_rows(out.loss, {total * c});
   }
-  const at::Tensor gh = r.grad_hidden.defined() ? r.grad_hidden.view(hidden.sizes()) : r.grad_hidden;
-  return {out.loss, out.lse, or_empty(gh, hidden), or_empty(r.grad_weight, weight), or_empty(r.grad_bias, weight)};
+  const at::Tensor gh = r.grads.hidden.defined() ? r.grads.hidden.view(hidden.sizes()) : r.grads.hidden;
+  return {out.loss, out.lse, or_empty(gh, hidden), or_empty(r.grads.weight, weight), or_empty(r.grads.bias, weight)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
@@ -91,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu
   if (red == Reduction::Sum) scale = gl[0];
   Result r = run_tiles(hidden, weight, bias, target, ignore_index, eps, w, scale,
                        red == Reduction::None ? gl.data() : nullptr, glse.empty() ? nullptr : glse.data(), output_mask);
-  const at::Tensor gh = r.grad_hidden.defined() ? r.grad_hidden.view(hidden.sizes()) : r.grad_hidden;
-  return {or_empty(gh, hidden), or_empty(r.grad_weight, weight), or_empty(r.grad_bias, weight)};
+  const at::Tensor gh = r.grads.hidden.defined() ? r.grads.hidden.view(hidden.sizes()) : r.grads.hidden;
+  return {or_empty(gh, hidden), or_empty(r.grads.weight, weight), or_empty(r.grads.bias, weight)};
 }
 
 }  // namespace
