@@ -14,8 +14,17 @@ ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options_
                     "ARWrapper: next_embed_loss_weight must be finite, got ", options.next_embed_loss_weight());
 }
 
+ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module,
+                             ARWrapperOptions options_)
+    : ARWrapperImpl(std::move(net), std::move(options_)) {
+  TORCH_CHECK_VALUE(net_module != nullptr, "ARWrapper: net_module must not be null");
+  register_module("net", std::move(net_module));
+  net_is_submodule_ = true;
+}
+
 std::vector<at::Tensor> ARWrapperImpl::trainable_parameters() const {
   std::vector<at::Tensor> out = parameters();
+  if (net_is_submodule_) return out;  // parameters() holds the net's already
   for (auto& p : net_->parameters()) out.push_back(p);
   return out;
 }
@@ -89,7 +98,8 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   }
   in.return_attn_z_loss = o.add_attn_z_loss();
   in.return_next_embed_pred = continuous;
-  const std::optional<LinearHead> head = o.fused_head() ? net_->head() : std::nullopt;
+  const bool want_fused = o.fused_head() || (net_->prefers_fused_head() && !continuous);
+  const std::optional<LinearHead> head = want_fused ? net_->head() : std::nullopt;
   const bool fused = head.has_value() && !args.return_outputs() && !net_->output_is_log_prob();
   in.return_embeddings = fused;
 

@@ -90,6 +90,31 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = ARWRAP_VERSION;
   m.def("built_with_cuda", &arwrap::built_with_cuda, "True when libarwrap has its CUDA kernels");
 
+  // The native net's configuration string: parse + validate + print (ValueError on bad values).
+  m.def("transformer_config", [](const std::string& config) {
+    return arwrap::TransformerWrapperOptions::parse(config).to_string();
+  });
+  m.def("transformer_parameters", [](const std::string& config) {
+    const auto o = arwrap::TransformerWrapperOptions::parse(config);
+    return py::make_tuple(o.parameter_names(), o.parameter_shapes(), o.rotary_dim());
+  });
+  m.def(
+      "generate",
+      [](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts, int64_t seq_len,
+         double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k, double top_k_frac,
+         double top_p, double min_p, std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
+         std::optional<at::Generator> generator) {
+        const auto o = arwrap::TransformerWrapperOptions::parse(config);
+        arwrap::GenerateOptions g;
+        g.temperature(temperature).filter_logits_fn(filter_logits_fn).top_k(top_k).top_k_frac(top_k_frac);
+        g.top_p(top_p).min_p(min_p).eos_token(eos_token).pad_value(pad_value).cache_kv(cache_kv);
+        py::gil_scoped_release release;
+        return arwrap::generate(o, weights, prompts, seq_len, g, generator);
+      },
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature"),
+      py::arg("filter_logits_fn"), py::arg("top_k"), py::arg("top_k_frac"), py::arg("top_p"), py::arg("min_p"),
+      py::arg("eos_token"), py::arg("pad_value"), py::arg("cache_kv"), py::arg("generator") = py::none());
+
   py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
                        std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,

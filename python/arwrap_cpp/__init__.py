@@ -11,6 +11,7 @@ import torch  # noqa: F401  (libtorch must be loaded before our library)
 
 from . import _C
 from .ops import cross_entropy, linear_cross_entropy, shift_tokens
+from .transformer import Decoder, TransformerWrapper
 from .wrapper import AutoregressiveWrapper
 
 __version__ = _C.__version__
@@ -32,6 +33,8 @@ def built_with_cuda() -> bool:
 
 __all__ = [
     "AutoregressiveWrapper",
+    "TransformerWrapper",
+    "Decoder",
     "shift_tokens",
     "cross_entropy",
     "linear_cross_entropy",

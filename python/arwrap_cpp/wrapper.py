@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C
+from .transformer import ScriptedAutoregressiveWrapper, TransformerWrapper
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -80,6 +81,9 @@ class AutoregressiveWrapper(nn.Module):
         self.looped_exit_loss_weight = looped_exit_loss_weight
         # A TorchScript net runs wholly in C++ (arwrap::TorchScriptNet): no Python callback.
         self._scripted = isinstance(net, torch.jit.ScriptModule)
+        # The native net (arwrap_cpp.TransformerWrapper): the whole forward, embedding to
+        # loss (fused with the output projection), is one C++ call.
+        self._native = isinstance(net, TransformerWrapper)
         self.fused_head = bool(fused_head)
         self._warned = set()
         if self.fused_head:
@@ -161,6 +165,15 @@ class AutoregressiveWrapper(nn.Module):
         if self._scripted and (kwargs or prepend_embeds is not None):
             raise ValueError("AutoregressiveWrapper: a TorchScript net takes no prepend_embeds or extra keyword "
                              f"arguments, got {sorted(kwargs) + (['prepend_embeds'] if prepend_embeds is not None else [])}")
+        if self._native:
+            if kwargs:
+                raise ValueError(f"AutoregressiveWrapper: the native net takes no extra keyword arguments, got "
+                                 f"{sorted(kwargs)}")
+            loss, logits = torch.ops.arwrap.autoregressive_wrapper_loss(
+                x, self.net.weights(), self.net.config, self.net.training, self.ignore_index, self.pad_value,
+                self.mask_prob, self.mask_token_id, self.add_attn_z_loss, self.next_embed_loss_weight, lens,
+                prepend_embeds, mask_noise, generator, bool(return_outputs))
+            return (loss, (logits, None)) if return_outputs else loss
         net = self.net
         fused = False
         if self.fused_head:
@@ -201,13 +214,49 @@ class AutoregressiveWrapper(nn.Module):
             return loss
         return loss, (logits, cache)
 
-    def generate(self, *args, **kwargs):
-        """x-transformers' own ``generate`` (sampling, caching, filters), on this wrapper's net."""
+    def generate(self, prompts: Tensor, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
+                 prompt_lens: Optional[Tensor] = None, filter_logits_fn="top_k", restrict_to_max_seq_len: bool = True,
+                 filter_kwargs: Optional[dict] = None, cache_kv: bool = True, **kwargs):
+        """x-transformers' ``generate``: the ``seq_len`` tokens after ``prompts``.
+
+        With the native net it runs in C++ (``arwrap::generate``, a key/value cache,
+        ``filter_logits_fn`` in top_k / top_p / min_p, greedy at temperature 0; extra
+        keyword: ``generator``). With any other net it is x-transformers' own code.
+        """
+        if self._native:
+            generator = kwargs.pop("generator", None)
+            if kwargs or prompt_lens is not None or not restrict_to_max_seq_len:
+                extra = sorted(kwargs) + (["prompt_lens"] if prompt_lens is not None else []) + \
+                    ([] if restrict_to_max_seq_len else ["restrict_to_max_seq_len=False"])
+                raise ValueError(f"AutoregressiveWrapper.generate: the native net does not support {extra}")
+            return self.net.generate(prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                     filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs,
+                                     cache_kv=cache_kv, pad_value=self.pad_value, generator=generator)
+        args = (prompts, seq_len, eos_token, temperature, prompt_lens)
+        kwargs.update(restrict_to_max_seq_len=restrict_to_max_seq_len, cache_kv=cache_kv)
+        if filter_logits_fn != "top_k":
+            kwargs["filter_logits_fn"] = filter_logits_fn
+        if filter_kwargs:
+            kwargs["filter_kwargs"] = filter_kwargs
         try:
             from x_transformers import AutoregressiveWrapper as _XT
         except ImportError as e:  # pragma: no cover
             raise RuntimeError("AutoregressiveWrapper.generate uses x-transformers: pip install x-transformers") from e
         return _XT.generate(self, *args, **kwargs)
+
+    def to_torchscript(self, path: Optional[str] = None) -> torch.jit.ScriptModule:
+        """The native net and this wrapper as a TorchScript module (``forward(x) -> loss``,
+        ``logits(tokens)``), saved to ``path`` when given. A C++ program loads it with
+        ``torch::jit::load`` and trains it; its parameters are this net's, in
+        ``TransformerWrapper.weights()`` order (``config`` holds the net's options)."""
+        if not self._native:
+            raise ValueError("AutoregressiveWrapper.to_torchscript needs the native net (arwrap_cpp.TransformerWrapper)")
+        scripted = torch.jit.script(ScriptedAutoregressiveWrapper(
+            self.net, self.ignore_index, self.pad_value, self.mask_prob, self.mask_token_id, self.add_attn_z_loss,
+            self.next_embed_loss_weight))
+        if path is not None:
+            scripted.save(str(path))
+        return scripted
 
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, pad_value={self.pad_value}, mask_prob={self.mask_prob}, "

@@ -2,5 +2,6 @@
 #pragma once
 
 #include <arwrap/ops.h>
+#include <arwrap/transformer.h>
 #include <arwrap/version.h>
 #include <arwrap/wrapper.h>

@@ -67,6 +67,8 @@ class Net {
   virtual std::vector<at::Tensor> parameters() const { return {}; }
   // the output layer, when the loss may be fused with it (ARWrapperOptions::fused_head)
   virtual std::optional<LinearHead> head() const { return std::nullopt; }
+  // the wrapper fuses the loss with head() even without ARWrapperOptions::fused_head
+  virtual bool prefers_fused_head() const { return false; }
 };
 
 // A TorchScript module as the net: forward(Tensor tokens) -> Tensor logits, or
@@ -117,6 +119,10 @@ struct AROutput {
 class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
  public:
   ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options = {});
+  // A net that is also a module (the native TransformerWrapper): registered as the
+  // submodule "net", so parameters() and named_parameters() hold it, with the names
+  // of x-transformers' AutoregressiveWrapper ("net.token_emb.emb.weight", ...).
+  ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module, ARWrapperOptions options = {});
 
   // x: (b, n + 1) int64 token ids. Returns the loss (and, with return_outputs,
   // the logits the caller may keep and the net's cache).
@@ -133,6 +139,7 @@ class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
 
  private:
   std::shared_ptr<Net> net_;
+  bool net_is_submodule_ = false;
 };
 
 TORCH_MODULE(ARWrapper);

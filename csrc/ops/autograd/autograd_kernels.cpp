@@ -298,9 +298,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_autograd(
   return shift.call(x, lens, noise, ignore_index, pad_value, mask_prob, mask_token_id, keep_last);
 }
 
+
+// attention_lse: saves q, k and the lse; the backward recomputes the scores in
+// row blocks (arwrap::attention_lse_backward).
+class AttentionLseFunction : public torch::autograd::Function<AttentionLseFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const std::optional<at::Tensor>& key_mask, double scale, bool causal) {
+    using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool);
+    static auto fwd = op<Sig>("arwrap::attention_lse");
+    at::Tensor lse;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      lse = fwd.call(q, k, key_mask, scale, causal);
+    }
+    at::Tensor mask = key_mask.has_value() ? *key_mask : at::Tensor();
+    ctx->save_for_backward({q, k, lse, mask});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["causal"] = causal;
+    return lse;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const std::optional<at::Tensor>&, double, bool, const at::Tensor&);
+    static auto bwd = op<Sig>("arwrap::attention_lse_backward");
+    const auto saved = ctx->get_saved_variables();
+    std::optional<at::Tensor> mask;
+    if (saved[3].defined()) mask = saved[3];
+    at::Tensor grad = grads[0].defined() ? grads[0] : at::zeros_like(saved[2]);
+    auto [dq, dk] = bwd.call(grad.contiguous(), saved[0], saved[1], mask, ctx->saved_data["scale"].toDouble(),
+                             ctx->saved_data["causal"].toBool(), saved[2]);
+    return {dq, dk, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor attention_lse_autograd(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& key_mask,
+                                  double scale, bool causal) {
+  return AttentionLseFunction::apply(q, k, key_mask, scale, causal);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
+  m.impl("attention_lse", &attention_lse_autograd);
   m.impl("cross_entropy", &cross_entropy_autograd);
   m.impl("linear_cross_entropy", &linear_cross_entropy_autograd);
   m.impl("shift_tokens", &shift_tokens_autograd);
@@ -308,7 +349,7 @@ TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   // backward: not differentiable themselves.
   for (const char* name : {"cross_entropy_forward", "cross_entropy_forward_grad", "cross_entropy_forward_grad_",
                            "cross_entropy_backward", "cross_entropy_backward_", "linear_cross_entropy_forward",
-                           "linear_cross_entropy_backward"}) {
+                           "linear_cross_entropy_backward", "attention_lse_backward"}) {
     m.impl(name, torch::CppFunction::makeFallthrough());
   }
 }
