@@ -173,6 +173,7 @@ class TransformerWrapper(nn.Module):
         names, shapes, rotary_dim = _C.transformer_parameters(self.config)
         self._param_names = list(names)
         self.output_is_log_prob = False
+        self.looped = False
         self.can_cache_kv = True
         self.can_cache_kv_outside_max_seq_len = not self.use_abs_pos_emb
         if self.tie_embedding:
