@@ -324,3 +324,59 @@ def test_attention_lse_bad_input():
         torch.ops.arwrap.attention_lse(q, q, torch.ones(1, 4, dtype=torch.bool), 1.0, True)
     with pytest.raises(ValueError, match="more positions"):
         torch.ops.arwrap.attention_lse(torch.randn(1, 2, 5, 4), q, None, 1.0, True)
+
+
+# ---------------------------------------------------------------- the model-level operators
+
+STATIC = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
+
+
+def tiny_net(**kw):
+    torch.manual_seed(0)
+    return arwrap_cpp.TransformerWrapper(num_tokens=11, max_seq_len=8,
+                                         attn_layers=arwrap_cpp.Decoder(dim=16, depth=1, heads=2, attn_dim_head=8, **kw))
+
+
+def test_model_operators_opcheck():
+    """Schema, autograd registration, fake tensors and static AOT tracing. (Dynamic shapes
+    under torch.compile are not supported by these model-level operators: the C++
+    forward reads concrete sizes.)"""
+    net = tiny_net(rotary_pos_emb=True)
+    x = torch.randint(0, 11, (2, 7))
+    opcheck(torch.ops.arwrap.transformer_wrapper_forward.default, (x[:, :6], net.weights(), net.config, False),
+            test_utils=STATIC)
+    opcheck(torch.ops.arwrap.transformer_wrapper_forward.default,
+            (x[:, :6], net.weights(), net.config, False, None, None, False, True, False), test_utils=STATIC)
+    opcheck(torch.ops.arwrap.autoregressive_wrapper_loss.default, (x, net.weights(), net.config, False),
+            test_utils=STATIC)
+
+
+def test_model_operators_gradcheck_float64():
+    net = tiny_net(ff_glu=True, attn_qk_norm=True).double()
+    x = torch.randint(0, 11, (2, 6))
+    weights = [w.detach().requires_grad_() for w in net.weights()]
+    picked = [2, 3, 6]  # attention norm, to_q, ff norm: a few, to keep it quick
+
+    def loss_of(*ws):
+        full = list(weights)
+        for i, w in zip(picked, ws):
+            full[i] = w
+        return torch.ops.arwrap.autoregressive_wrapper_loss(x, full, net.config, False, -100, 0, 0.0, None, True)[0]
+
+    assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
+
+
+def test_config_string_is_validated():
+    with pytest.raises(ValueError, match="unknown option 'bogus'"):
+        arwrap_cpp._C.transformer_config("num_tokens=5,max_seq_len=4,dim=8,depth=1,bogus=1")
+    with pytest.raises(ValueError, match="'depth' is missing"):
+        arwrap_cpp._C.transformer_config("num_tokens=5,max_seq_len=4,dim=8")
+    with pytest.raises(ValueError, match="heads must be an integer"):
+        arwrap_cpp._C.transformer_config("num_tokens=5,max_seq_len=4,dim=8,depth=1,heads=x")
+    net = tiny_net()
+    with pytest.raises(ValueError, match="expected .* weights"):
+        torch.ops.arwrap.transformer_wrapper_forward(torch.zeros(1, 2, dtype=torch.long), net.weights()[:-1],
+                                                     net.config, False)
+    with pytest.raises(ValueError, match="must have shape"):
+        torch.ops.arwrap.transformer_wrapper_forward(torch.zeros(1, 2, dtype=torch.long), net.weights()[::-1],
+                                                     net.config, False)

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "tracing.h"
+
 namespace arwrap {
 
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options_)
@@ -76,7 +78,7 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   // auxiliary losses are defined over all positions: with them, feed n + 1 as it does.
   const bool full = o.add_attn_z_loss() || continuous;
 
-  if (auto V = net_->num_tokens()) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (auto V = net_->num_tokens(); V && detail::has_real_data(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
 
   ShiftTokensOptions so;
   so.ignore_index(o.ignore_index()).pad_value(o.pad_value()).mask_prob(o.mask_prob()).mask_token_id(o.mask_token_id());

@@ -1,0 +1,190 @@
+"""The native net against x-transformers' net, side by side in one run:
+
+* the training step (loss = wrapper(x); loss.backward()) of configurations A, B, C:
+  x-transformers' TransformerWrapper + AutoregressiveWrapper, our wrapper around
+  x-transformers' net (fused head), and arwrap_cpp.TransformerWrapper + our wrapper
+  (the whole forward in C++). Same weights (loaded both ways), same batch.
+* greedy generation with the key/value cache: tokens/s of x-transformers' generate
+  and ours (arwrap::generate) on the same weights.
+
+    python bench/bench_native.py                       # A, B, C and generation
+    python bench/bench_native.py --configs B --repeats 3 --no-generate
+
+Time: one process per configuration runs the contenders round-robin (--repeats
+rounds after two warm-up steps each); medians. Memory: each (configuration,
+contender) in its own process, the resident memory one step adds over the model
+and its inputs (bench/_measure.py). Writes bench/results/native.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ("x_transformers", "arwrap_xt_net", "arwrap_native")
+CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1); heads 8, dim_head 64
+    "A": (256, 512, 6, 4, 1025),
+    "B": (256, 256, 4, 8, 513),
+    "C": (32000, 512, 2, 4, 513),
+    "tiny": (64, 64, 2, 2, 65),  # a smoke test of this script
+}
+GEN = dict(num_tokens=256, dim=512, depth=6, batch=1, prompt=16, new=256)
+
+
+def build(name, V, dim, depth, max_seq_len):
+    """The contender's (wrapper, net); every contender gets the weights of seed 0."""
+    import torch
+    from x_transformers import AutoregressiveWrapper as XAR
+    from x_transformers import Decoder, TransformerWrapper
+
+    import arwrap_cpp
+
+    torch.manual_seed(0)
+    xt = TransformerWrapper(num_tokens=V, max_seq_len=max_seq_len, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
+    if name == "x_transformers":
+        return XAR(xt), xt
+    if name == "arwrap_xt_net":
+        return arwrap_cpp.AutoregressiveWrapper(xt, fused_head=True), xt
+    net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=max_seq_len,
+                                        attn_layers=arwrap_cpp.Decoder(dim=dim, depth=depth, heads=8))
+    net.load_state_dict(xt.state_dict())
+    del xt
+    return arwrap_cpp.AutoregressiveWrapper(net), net
+
+
+def child(args):
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _measure import peak_extra_bytes
+
+    torch.set_num_threads(args.threads)
+    if args.measure == "generate":
+        g = GEN
+        out = {}
+        prompts = torch.randint(0, g["num_tokens"], (g["batch"], g["prompt"]), generator=torch.Generator().manual_seed(1))
+        runs = {}
+        for name in ("x_transformers", "arwrap_native"):
+            wrapper, net = build(name, g["num_tokens"], g["dim"], g["depth"], g["prompt"] + g["new"])
+            net.eval()
+            runs[name] = wrapper
+        tokens = {}
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, w in runs.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    tokens[name] = w.generate(prompts, g["new"], temperature=0.0, cache_kv=True)
+                times[name].append(time.perf_counter() - t0)
+        same = torch.equal(tokens["x_transformers"], tokens["arwrap_native"])
+        for name, t in times.items():
+            out[name] = {"tokens_per_s": g["batch"] * g["new"] / statistics.median(t), "same_tokens": same}
+        print(json.dumps(out))
+        return
+    V, dim, depth, b, n1 = CONFIGS[args.config]
+    x = torch.randint(0, V, (b, n1), generator=torch.Generator().manual_seed(2))
+
+    def step_of(wrapper, net):
+        def step():
+            loss = wrapper(x)
+            loss.backward()
+            for p in net.parameters():
+                p.grad = None
+            return loss.detach()
+        return step
+
+    if args.measure == "memory":
+        step = step_of(*build(args.contender, V, dim, depth, n1))
+        l0 = step()
+        step()
+        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
+        return
+    steps = {name: step_of(*build(name, V, dim, depth, n1)) for name in CONTENDERS}
+    losses = {name: s().item() for name, s in steps.items()}
+    for s in steps.values():
+        s()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[name].append(time.perf_counter() - t0)
+    print(json.dumps({name: {"time_s": statistics.median(t), "loss": losses[name]} for name, t in times.items()}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="A,B,C")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "native"))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _measure import run_isolated, write_results
+
+    configs = [c for c in args.configs.split(",") if c]
+    results = []
+    common = ["--threads", args.threads, "--repeats", args.repeats]
+    for cfg in configs:
+        print(f"  {cfg} time (all contenders, round-robin) ...", file=sys.stderr, flush=True)
+        timed = run_isolated(__file__, ["--config", cfg, "--contender", "all", *common], measures=("time",))
+        for c in CONTENDERS:
+            print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
+            r = {"config": cfg, "contender": c}
+            if "error" in timed:
+                r["error"] = timed["error"]
+            else:
+                r.update(timed[c])
+                r.update(run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",)))
+            results.append(r)
+    gen = None
+    if not args.no_generate:
+        print("  greedy generation with cache ...", file=sys.stderr, flush=True)
+        gen = run_isolated(__file__, ["--config", "gen", "--contender", "all", *common], measures=("generate",))
+
+    lines = [f"float32, {args.threads} threads, median of {args.repeats} round-robin steps, torch {torch.__version__}", "",
+             "Training step (loss = wrapper(x); loss.backward()), heads 8, dim_head 64:", "",
+             "| config | contender | step ms | speed-up vs x-transformers | peak extra MB | memory ratio | loss |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for cfg in configs:
+        V, dim, depth, b, n1 = CONFIGS[cfg]
+        rs = {r["contender"]: r for r in results if r["config"] == cfg}
+        base = rs.get("x_transformers", {})
+        for c, r in rs.items():
+            label = f"{cfg}: V={V}, dim {dim}, depth {depth}, ({b}, {n1})"
+            if "error" in r:
+                lines.append(f"| {label} | {c} | error: {r['error'][:70]} | | | | |")
+                continue
+            sp = base.get("time_s", float("nan")) / r["time_s"]
+            mr = r["peak_extra_bytes"] / base.get("peak_extra_bytes", float("nan"))
+            lines.append(f"| {label} | {c} | {r['time_s'] * 1e3:.0f} | {sp:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} "
+                         f"| {mr:.2f} | {r['loss']:.4f} |")
+    if gen is not None:
+        g = GEN
+        lines += ["", f"Greedy generation with the key/value cache: V={g['num_tokens']}, dim {g['dim']}, depth "
+                      f"{g['depth']}, batch {g['batch']}, prompt {g['prompt']}, {g['new']} new tokens:", ""]
+        if "error" in gen:
+            lines.append(f"error: {gen['error'][:200]}")
+        else:
+            base = gen["x_transformers"]["tokens_per_s"]
+            lines += ["| contender | tokens/s | speed-up | same tokens |", "|---|---:|---:|---|"]
+            for c, r in gen.items():
+                lines.append(f"| {c} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x | {r['same_tokens']} |")
+    write_results(args.out, lines, {"threads": args.threads, "results": results, "generate": gen})
+
+
+if __name__ == "__main__":
+    main()
