@@ -22,8 +22,9 @@
 namespace arwrap {
 namespace {
 
-// Parsing is cheap but not free; configurations repeat, so keep them.
-const TransformerWrapperOptions& parsed(const std::string& config) {
+// Parsing is cheap but not free; configurations repeat, so keep them (a copy goes
+// out, so clearing the table never leaves a caller with a dangling reference).
+TransformerWrapperOptions parsed(const std::string& config) {
   static std::mutex mu;
   static std::unordered_map<std::string, std::unique_ptr<TransformerWrapperOptions>> cache;
   std::lock_guard<std::mutex> lock(mu);
@@ -44,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_wrapper_f
     const at::Tensor& tokens, at::TensorList weights, c10::string_view config, bool training,
     const std::optional<at::Tensor>& prepend_embeds, const std::optional<at::Tensor>& self_attn_kv_mask,
     bool return_embeddings, bool return_attn_z_loss, bool return_next_embed_pred) {
-  const auto& o = parsed(std::string(config));
+  const TransformerWrapperOptions o = parsed(std::string(config));
   NetInputs in;
   in.tokens = tokens;
   if (prepend_embeds.has_value()) in.prepend_embeds = *prepend_embeds;
@@ -64,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> autoregressive_wrapper_loss(
     double next_embed_loss_weight, const std::optional<at::Tensor>& lens,
     const std::optional<at::Tensor>& prepend_embeds, const std::optional<at::Tensor>& mask_noise,
     std::optional<at::Generator> generator, bool return_outputs) {
-  const auto& o = parsed(std::string(config));
+  const TransformerWrapperOptions o = parsed(std::string(config));
   std::vector<at::Tensor> w(weights.begin(), weights.end());
   auto net = std::make_shared<NativeNet>(
       o, [w] { return w; }, [training] { return training; });

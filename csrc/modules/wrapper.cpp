@@ -79,6 +79,10 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   const bool full = o.add_attn_z_loss() || continuous;
 
   if (auto V = net_->num_tokens(); V && detail::has_real_data(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (auto V = net_->num_tokens(); V && o.mask_token_id().has_value()) {
+    TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=",
+                      *o.mask_token_id(), " is outside the net's vocabulary [0, ", *V, ")");
+  }
 
   ShiftTokensOptions so;
   so.ignore_index(o.ignore_index()).pad_value(o.pad_value()).mask_prob(o.mask_prob()).mask_token_id(o.mask_token_id());

@@ -6,13 +6,34 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <optional>
+#include <vector>
 #include <string_view>
 
 namespace arwrap::ops {
 
 enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+// True when no two elements of t share memory, proven from its sizes and strides:
+// ordered by stride, each dimension must step past everything the smaller ones
+// span. (at::has_internal_overlap answers "too hard" for most strided views.)
+inline bool provably_non_overlapping(const at::Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) == 0) return true;
+    if (t.size(d) > 1) dims.push_back(d);
+  }
+  std::sort(dims.begin(), dims.end(), [&](int64_t a, int64_t b) { return t.stride(a) < t.stride(b); });
+  int64_t span = 0;  // the largest offset reachable with the dimensions so far
+  for (int64_t d : dims) {
+    if (t.stride(d) <= span) return false;
+    span += (t.size(d) - 1) * t.stride(d);
+  }
+  return true;
+}
 
 inline Reduction parse_reduction(std::string_view r) {
   if (r == "mean") return Reduction::Mean;

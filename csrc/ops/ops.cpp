@@ -11,6 +11,8 @@ namespace arwrap {
 ShiftedTokens shift_tokens(const at::Tensor& x, const std::optional<at::Tensor>& lens,
                            const ShiftTokensOptions& options, std::optional<at::Generator> generator,
                            const std::optional<at::Tensor>& noise) {
+  // the dispatcher needs a device: say which argument is missing before it does
+  TORCH_CHECK_VALUE(x.defined(), "shift_tokens: x is undefined (expected int64 token ids (batch, seq_len + 1))");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("arwrap::shift_tokens", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -35,6 +37,8 @@ ShiftedTokens shift_tokens(const at::Tensor& x, const std::optional<at::Tensor>&
 namespace {
 std::tuple<at::Tensor, at::Tensor> call_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
                                                       const CrossEntropyOptions& o, bool return_lse) {
+  TORCH_CHECK_VALUE(logits.defined() && target.defined(), "cross_entropy: logits and target must be defined, got ",
+                    logits.defined() ? "target" : "logits", " undefined");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("arwrap::cross_entropy", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
@@ -58,6 +62,9 @@ std::tuple<at::Tensor, at::Tensor> call_linear_cross_entropy(const at::Tensor& h
                                                              const at::Tensor& target,
                                                              const std::optional<at::Tensor>& bias,
                                                              const LinearCrossEntropyOptions& o, bool return_lse) {
+  TORCH_CHECK_VALUE(hidden.defined() && weight.defined() && target.defined(),
+                    "linear_cross_entropy: hidden, weight and target must be defined, got ",
+                    !hidden.defined() ? "hidden" : !weight.defined() ? "weight" : "target", " undefined");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("arwrap::linear_cross_entropy", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,

@@ -175,6 +175,8 @@ class AutoregressiveWrapper(nn.Module):
                 prepend_embeds, mask_noise, generator, bool(return_outputs))
             return (loss, (logits, None)) if return_outputs else loss
         net = self.net
+        if not self._scripted:
+            self._check_x_transformers_inputs(x, prepend_embeds, kwargs.get("prepend_mask"))
         fused = False
         if self.fused_head:
             reason = self._fused_head_unsupported()
@@ -213,6 +215,28 @@ class AutoregressiveWrapper(nn.Module):
         if not return_outputs:
             return loss
         return loss, (logits, cache)
+
+    def _check_x_transformers_inputs(self, x: Tensor, prepend_embeds, prepend_mask) -> None:
+        """What x-transformers would only assert on deep inside: named errors up front."""
+        net = self.net
+        if x.dim() == 2:
+            fed = x.shape[1] if (self.add_attn_z_loss or self.add_continuous_pred_head) else x.shape[1] - 1
+            limit = getattr(getattr(net, "pos_emb", None), "max_seq_len", None)  # absolute positions only
+            if isinstance(limit, int) and fed > limit:
+                raise ValueError(f"AutoregressiveWrapper: x has seq_len + 1 = {x.shape[1]} tokens, so the net gets "
+                                 f"{fed} positions, more than its absolute positional embedding's max_seq_len={limit}")
+        if prepend_embeds is not None:
+            dim = getattr(net, "emb_dim", None)
+            if not isinstance(prepend_embeds, Tensor) or prepend_embeds.dim() != 3 or \
+                    (isinstance(dim, int) and prepend_embeds.shape[-1] != dim):
+                shape = tuple(prepend_embeds.shape) if isinstance(prepend_embeds, Tensor) else type(prepend_embeds)
+                raise ValueError(f"AutoregressiveWrapper: prepend_embeds must be (batch={x.shape[0]}, prepend_len, "
+                                 f"dim={dim}), got {shape}")
+            if prepend_mask is not None and (not isinstance(prepend_mask, Tensor) or
+                                             tuple(prepend_mask.shape) != tuple(prepend_embeds.shape[:2])):
+                shape = tuple(prepend_mask.shape) if isinstance(prepend_mask, Tensor) else type(prepend_mask)
+                raise ValueError(f"AutoregressiveWrapper: prepend_mask must be (batch, prepend_len) = "
+                                 f"{tuple(prepend_embeds.shape[:2])}, got {shape}")
 
     def generate(self, prompts: Tensor, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
                  prompt_lens: Optional[Tensor] = None, filter_logits_fn="top_k", restrict_to_max_seq_len: bool = True,

@@ -61,7 +61,9 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
                                bool inplace_backward, bool return_lse, bool needs_grad) {
     const Reduction reduction = parse_reduction(reduction_str);
     const auto red = static_cast<int64_t>(reduction);
-    const bool inplace = inplace_backward && logits.stride(-1) == 1 && is_plain_eager(logits);
+    // in place only where each element is its own memory (not expanded or overlapping rows)
+    const bool inplace = inplace_backward && logits.stride(-1) == 1 && is_plain_eager(logits) &&
+                         provably_non_overlapping(logits);
     ctx->set_materialize_grads(false);
     ctx->saved_data["ignore_index"] = ignore_index;
     ctx->saved_data["reduction"] = red;
@@ -264,6 +266,8 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_autograd(
     const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, int64_t ignore_index, c10::string_view reduction, double label_smoothing,
     double z_loss_weight, bool return_lse) {
+  // checked here too: below, a 0-dim placeholder stands for "no bias"
+  check_linear_cross_entropy_args(hidden, weight, bias, target, label_smoothing, z_loss_weight);
   const bool grad_mode = at::GradMode::is_enabled();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? *bias : at::empty({}, hidden.options());  // 0-dim placeholder: no bias

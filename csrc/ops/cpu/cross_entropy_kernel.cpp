@@ -16,6 +16,7 @@
 //
 // Every row is computed by one thread, and the loss is reduced over rows in a
 // fixed order in double, so results are bitwise independent of the thread count.
+#include <ATen/MemoryOverlap.h>
 #include "../common.h"
 #include "cross_entropy_rows.h"
 #include "softmax_simd.h"
@@ -243,7 +244,7 @@ void row_grad(const T* z, T* out, int64_t V, int64_t t, double lse, double c, do
   }
   if (t >= 0) {
     const double pt = std::exp(zt - lse);
-    out[t] = static_cast<T>(c * (-q + 2.0 * w * lse * pt + eps - eps / static_cast<double>(V)) + g_lse * pt);
+    out[t] = static_cast<T>(c * ((1.0 - eps) * (-q) + eps * (pt - 1.0 / static_cast<double>(V)) + 2.0 * w * lse * pt) + g_lse * pt);
   }
 }
 
@@ -295,7 +296,7 @@ RowLoss row_fused_f32(const float* z, float* g, int64_t V, int64_t t, double eps
   }
   if (t >= 0) {
     const double pt = std::exp(zt - r.lse);
-    g[t] = static_cast<float>(c * (-q + 2.0 * w * r.lse * pt + eps - eps / static_cast<double>(V)) + g_lse * pt);
+    g[t] = static_cast<float>(c * ((1.0 - eps) * (-q) + eps * (pt - 1.0 / static_cast<double>(V)) + 2.0 * w * r.lse * pt) + g_lse * pt);
   }
   return r;
 }
@@ -437,6 +438,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_grad_inplace_cpu(
   TORCH_CHECK_VALUE(logits.stride(-1) == 1,
                     "cross_entropy: inplace_backward needs logits with unit stride in the last dimension, got strides ",
                     logits.strides());
+  at::assert_no_internal_overlap(logits);  // rows sharing memory would read gradients written by others
   const Reduction red = to_reduction(reduction);
   auto out = alloc_cross_entropy_outputs(logits, target, red);
   forward_impl(logits, target, ignore_index, red, label_smoothing, z_loss_weight, out.loss, out.lse, &logits);
@@ -501,6 +503,7 @@ void cross_entropy_backward_inplace_cpu(const at::Tensor& grad_loss, const std::
   TORCH_CHECK_VALUE(logits.stride(-1) == 1,
                     "cross_entropy: inplace_backward needs logits with unit stride in the last dimension, got strides ",
                     logits.strides());
+  at::assert_no_internal_overlap(logits);  // rows sharing memory would read gradients written by others
   backward_impl(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction), label_smoothing,
                 z_loss_weight, logits);
 }

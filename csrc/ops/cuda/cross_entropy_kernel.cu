@@ -227,7 +227,7 @@ __device__ void row_grad(const T* z, T* out, int64_t V, int64_t t, A zt, double 
   q = block_sum(q);   // also orders every write above before the one below
   if (threadIdx.x == 0) {
     const double pt = exp(static_cast<double>(zt) - lse);
-    out[t] = static_cast<T>(c * (-static_cast<double>(q) + 2.0 * w * lse * pt + eps - eps / static_cast<double>(V)) +
+    out[t] = static_cast<T>(c * ((1.0 - eps) * (-static_cast<double>(q)) + eps * (pt - 1.0 / static_cast<double>(V)) + 2.0 * w * lse * pt) +
                             g_lse * pt);
   }
 }
