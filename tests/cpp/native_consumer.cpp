@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  arwrap::ARWrapper wrapper(net->as_net(), net.ptr(), arwrap::ARWrapperOptions());
+  arwrap::ARWrapper wrapper(net, arwrap::ARWrapperOptions());
   std::printf("native loss %.9g\n", wrapper->forward(x).loss.item<double>());
   std::printf("native parameters %zu\n", wrapper->parameters().size());
 

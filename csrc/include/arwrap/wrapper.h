@@ -123,6 +123,11 @@ class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
   // submodule "net", so parameters() and named_parameters() hold it, with the names
   // of x-transformers' AutoregressiveWrapper ("net.token_emb.emb.weight", ...).
   ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module, ARWrapperOptions options = {});
+  // The native net: ARWrapper(TransformerWrapper(...), options) (any module holder whose
+  // module has as_net()), registered as "net" as above.
+  template <typename NetModule>
+  explicit ARWrapperImpl(const torch::nn::ModuleHolder<NetModule>& net, ARWrapperOptions options = {})
+      : ARWrapperImpl(net.ptr()->as_net(), net.ptr(), std::move(options)) {}
 
   // x: (b, n + 1) int64 token ids. Returns the loss (and, with return_outputs,
   // the logits the caller may keep and the net's cache).
