@@ -8,7 +8,8 @@
 #  1. libarwrap from the repository with -DARWRAP_SANITIZE=ON (cmake/ArwrapSanitize.cmake, passed
 #     as CMAKE_PROJECT_INCLUDE so it also works before CMakeLists.txt includes it), against the
 #     LibTorch of the project's .venv, installed to build/sanitize/prefix;
-#  2. tests/cpp (consumer, wrapper_consumer) and tests/cpp_bad_input (bad_input) built against
+#  2. tests/cpp (consumer, wrapper_consumer, native_consumer), tests/cpp_bad_input (bad_input) and
+#     the C++ trainer (examples/train: arwrap-train) built against
 #     that prefix with the same flags: the programs link the ASan runtime themselves, so no
 #     LD_PRELOAD is needed (a program built without the flags would need
 #     LD_PRELOAD=$(g++ -print-file-name=libasan.so) to load the instrumented libarwrap);
@@ -44,13 +45,13 @@ cmake --install "$BUILD/lib" > /dev/null
 say "    built in $(( $(date +%s) - start )) s"
 
 say "2/3 the C++ test programs, same flags"
-for dir in cpp cpp_bad_input; do
-  cmake -S "$ROOT/tests/$dir" -B "$BUILD/$dir" -G Ninja -Wno-dev "${LAUNCHER[@]}" \
+for dir in tests/cpp tests/cpp_bad_input examples/train; do
+  cmake -S "$ROOT/$dir" -B "$BUILD/$(basename "$dir")" -G Ninja -Wno-dev "${LAUNCHER[@]}" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_PREFIX_PATH="$BUILD/prefix/share/cmake;$TORCH_PREFIX" \
-    -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" > "$BUILD/$dir.configure.log" 2>&1 \
-    || { cat "$BUILD/$dir.configure.log" >&2; exit 1; }
-  cmake --build "$BUILD/$dir" -j "$JOBS"
+    -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+    > "$BUILD/$(basename "$dir").configure.log" 2>&1 || { cat "$BUILD/$(basename "$dir").configure.log" >&2; exit 1; }
+  cmake --build "$BUILD/$(basename "$dir")" -j "$JOBS"
 done
 say "    built in $(( $(date +%s) - start )) s"
 
@@ -71,6 +72,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     torch.jit.script(ScriptedLoss()).save(f"{data}/loss.pt")
     scripted_decoder().save(f"{data}/net.pt")
+    net = arwrap_cpp.TransformerWrapper(
+        num_tokens=61, max_seq_len=32, use_abs_pos_emb=False,
+        attn_layers=arwrap_cpp.Decoder(dim=32, depth=2, heads=2, attn_dim_head=16, rotary_pos_emb=True))
+    arwrap_cpp.AutoregressiveWrapper(net, add_attn_z_loss=True).to_torchscript(f"{data}/model.pt")
 torch.manual_seed(9)
 x = torch.randint(0, 40, (3, 21))
 x[1, 5] = -100
@@ -100,5 +105,16 @@ run() {
 run consumer "$BUILD/cpp/consumer" "$DATA/loss.pt"
 run wrapper_consumer "$BUILD/cpp/wrapper_consumer" "$DATA/net.pt" "$DATA/tokens.txt"
 run bad_input "$BUILD/cpp_bad_input/bad_input"
+run native_consumer "$BUILD/cpp/native_consumer" "$DATA/model.pt" "$DATA/tokens.txt"
+# the C++ trainer: a short run with validation, sampling and checkpoints, a resume, and a
+# corrupt checkpoint (which must end in a clean error, exit status 1)
+CORPUS="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')/json"
+TRAIN=(--data "$CORPUS" --seq-len 32 --dim 32 --depth 2 --heads 2 --dim-head 16 --batch 4 --threads 2
+       --val-every 10 --val-windows 4 --sample-every 20 --sample-len 16 --save-every 10 --checkpoint "$DATA/train.pt")
+run arwrap-train "$BUILD/train/arwrap-train" "${TRAIN[@]}" --steps 20
+run arwrap-train-resume "$BUILD/train/arwrap-train" "${TRAIN[@]}" --steps 30 --resume
+head -c 3000 "$DATA/train.pt" > "$DATA/corrupt.pt"
+run arwrap-train-corrupt bash -c '"$0" --checkpoint "$1" --sample x 2>&1; test $? -eq 1' \
+  "$BUILD/train/arwrap-train" "$DATA/corrupt.pt"
 say "done in $(( $(date +%s) - start )) s: $([[ $status == 0 ]] && echo clean || echo 'sanitizer or test failures')"
 exit $status

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <unistd.h>
 #include <functional>
 #include <map>
 #include <random>
@@ -24,6 +25,18 @@
 #include <vector>
 
 namespace {
+
+// Resident memory of this process in MB (Linux /proc/self/statm; 0 where unavailable):
+// shown on every progress line, so a leak shows as a rising number.
+double resident_mb() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0.0;
+  long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  if (n != 2) return 0.0;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1e6;
+}
 
 // ------------------------------------------------------------------ flags
 
@@ -585,10 +598,10 @@ int run(int argc, char** argv) {
       const double elapsed = std::chrono::duration<double>(now - t0).count();
       const double left = elapsed / static_cast<double>(step - start_step) * static_cast<double>(a.steps - step);
       const double interval = std::chrono::duration<double>(now - t_log).count();
-      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left\n", static_cast<long long>(step),
+      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left  rss %.1f MB\n", static_cast<long long>(step),
                   static_cast<long long>(a.steps), log_loss / log_steps,
                   static_cast<double>(tokens_per_step * log_steps) / std::max(interval, 1e-9),
-                  duration(left).c_str());
+                  duration(left).c_str(), resident_mb());
       std::fflush(stdout);
       t_log = clock::now();
       log_loss = 0;

@@ -13,6 +13,8 @@ from . import _C
 from .ops import cross_entropy, linear_cross_entropy, shift_tokens
 from .transformer import Decoder, TransformerWrapper
 from .wrapper import AutoregressiveWrapper
+from . import checkpoint  # noqa: E402  (checkpoints shared with the C++ trainer)
+from .checkpoint import load_model, save_checkpoint
 
 __version__ = _C.__version__
 
@@ -35,6 +37,9 @@ __all__ = [
     "AutoregressiveWrapper",
     "TransformerWrapper",
     "Decoder",
+    "checkpoint",
+    "load_model",
+    "save_checkpoint",
     "shift_tokens",
     "cross_entropy",
     "linear_cross_entropy",
