@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 STEPS = 20
 
 
-def train(seed=0, steps=STEPS, fused_head=False, mask_prob=0.0):
+def train(seed=0, steps=STEPS, fused_head=False, mask_prob=0.0, native=False):
     """20 Adam steps of a tiny x-transformers decoder through the wrapper; the losses and the
     final weights (and Adam's state: it carries every gradient)."""
     import warnings
@@ -29,11 +29,18 @@ def train(seed=0, steps=STEPS, fused_head=False, mask_prob=0.0):
 
     from arwrap_cpp import AutoregressiveWrapper
 
+    import arwrap_cpp
+
     torch.manual_seed(seed)
-    net = TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=Decoder(dim=32, depth=2, heads=2))
+    if native:  # the native net (SDPA attention, the z-loss's attention_lse, the fused head)
+        net = arwrap_cpp.TransformerWrapper(
+            num_tokens=64, max_seq_len=32, use_abs_pos_emb=False,
+            attn_layers=arwrap_cpp.Decoder(dim=32, depth=2, heads=2, rotary_pos_emb=True))
+    else:
+        net = TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=Decoder(dim=32, depth=2, heads=2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoregressiveWrapper(net, mask_prob=mask_prob, fused_head=fused_head)
+        model = AutoregressiveWrapper(net, mask_prob=mask_prob, fused_head=fused_head, add_attn_z_loss=native)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed + 1)
     losses = []
@@ -54,7 +61,8 @@ def first_difference(a, b):
     return next((n for n in a if not torch.equal(a[n], b[n])), None)
 
 
-CONFIGS = {"plain": dict(), "masked+fused_head": dict(mask_prob=0.15, fused_head=True)}
+CONFIGS = {"plain": dict(), "masked+fused_head": dict(mask_prob=0.15, fused_head=True),
+           "native+masked+z_loss": dict(mask_prob=0.15, native=True)}
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -86,7 +94,8 @@ def test_training_is_bitwise_identical_with_1_and_2_threads(tmp_path):
     code = """
         from test_determinism import train
         result = {}
-        for name, kw in [("plain", {}), ("masked+fused_head", dict(mask_prob=0.15, fused_head=True))]:
+        for name, kw in [("plain", {}), ("masked+fused_head", dict(mask_prob=0.15, fused_head=True)),
+                         ("native+masked+z_loss", dict(mask_prob=0.15, native=True))]:
             losses, state = train(**kw)
             result[name] = dict(losses=losses, **state)
         """

@@ -290,7 +290,9 @@ Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
 // with unit_offset the stored value is gamma - 1
 at::Tensor norm(const at::Tensor& x, const at::Tensor& g_, bool rms, bool unit_offset) {
   const at::Tensor g = unit_offset ? g_ + 1.0 : g_;
-  if (!rms) return at::layer_norm(x, {x.size(-1)}, g, {}, 1e-5);
+  // normalise, then scale, as x-transformers does: layer_norm's fused affine backward
+  // reduces gamma's gradient in an order that depends on the thread count
+  if (!rms) return at::layer_norm(x, {x.size(-1)}, {}, {}, 1e-5) * g;
   const at::Tensor n = at::linalg_vector_norm(x, 2, {-1}, true).clamp_min(1e-12);
   return x / n * (g * std::sqrt(static_cast<double>(x.size(-1))));
 }
