@@ -603,7 +603,8 @@ namespace {
 
 // An empty module, to give parameters x-transformers' nested names.
 std::shared_ptr<torch::nn::Module> holder(torch::nn::Module& parent, const std::string& name) {
-  if (auto existing = parent.named_children().find(name)) return *existing;
+  const auto children = parent.named_children();  // a copy: find() points into it
+  if (const auto* existing = children.find(name)) return *existing;
   return parent.register_module(name, std::make_shared<torch::nn::Module>());
 }
 
