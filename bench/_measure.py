@@ -55,6 +55,25 @@ def median_time(step, repeats: int, before_each=None) -> float:
     return statistics.median(times)
 
 
+def round_robin(steps: dict, repeats: int) -> dict:
+    """Runs every step of {name: step} once (its first result is kept) and once more to warm
+    up, then `repeats` rounds taking each in turn, so slow drifts of the machine hit all alike.
+    Returns {name: {"time_s": median seconds, "loss": float(first result)}}."""
+    import statistics
+    import time
+
+    first = {name: float(s()) for name, s in steps.items()}
+    for s in steps.values():
+        s()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"time_s": statistics.median(t), "loss": first[name]} for name, t in times.items()}
+
+
 def write_results(out, lines, payload) -> None:
     """Prints the markdown table and writes it as OUT.md, with the raw results as OUT.json."""
     import json

@@ -60,7 +60,7 @@ def child(args):
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes
+    from _measure import peak_extra_bytes, round_robin
 
     torch.set_num_threads(args.threads)
     if args.measure == "generate":
@@ -104,16 +104,7 @@ def child(args):
         print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
         return
     steps = {name: step_of(*build(name, V, dim, depth, n1)) for name in CONTENDERS}
-    losses = {name: s().item() for name, s in steps.items()}
-    for s in steps.values():
-        s()
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, s in steps.items():
-            t0 = time.perf_counter()
-            s()
-            times[name].append(time.perf_counter() - t0)
-    print(json.dumps({name: {"time_s": statistics.median(t), "loss": losses[name]} for name, t in times.items()}))
+    print(json.dumps(round_robin(steps, args.repeats)))
 
 
 def main():

@@ -34,10 +34,8 @@ def child(args):
     import arwrap_cpp
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes
+    from _measure import peak_extra_bytes, round_robin
 
-    import statistics
-    import time
 
     torch.set_num_threads(args.threads)
     V, dim, depth, b, n1 = CONFIGS[args.config]
@@ -66,16 +64,7 @@ def child(args):
         print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
         return
     steps = {name: step_of(make(name)) for name in WRAPPERS}
-    losses = {name: s().item() for name, s in steps.items()}
-    for s in steps.values():
-        s()
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, s in steps.items():
-            t0 = time.perf_counter()
-            s()
-            times[name].append(time.perf_counter() - t0)
-    print(json.dumps({name: {"time_s": statistics.median(t), "loss": losses[name]} for name, t in times.items()}))
+    print(json.dumps(round_robin(steps, args.repeats)))
 
 
 def main():

@@ -1,7 +1,28 @@
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
+
+
+def build_cmake_project(source, build, what):
+    """Configures and builds a CMake project (tests/cpp, tests/cpp_bad_input, examples/train)
+    against the installed package with find_package(arwrap), as a user's program would be.
+    Skips when cmake is missing; progress goes to stderr (it takes about a minute)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    prefix = f"{arwrap_cpp.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    print(f"\nbuilding {what} (about a minute) ...", file=sys.stderr)
+    cfg = subprocess.run(["cmake", "-S", str(source), "-B", str(build), *gen, f"-DCMAKE_PREFIX_PATH={prefix}",
+                          "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
+    return build
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,6 @@ share memory (an expand, overlapping as_strided rows) now computes out of place;
 """
 import functools
 import re
-import shutil
 import subprocess
 import sys
 import warnings
@@ -35,8 +34,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import arwrap_cpp
 from arwrap_cpp import AutoregressiveWrapper, cross_entropy, linear_cross_entropy, shift_tokens
+from conftest import build_cmake_project
 
 OPS = torch.ops.arwrap
 HERE = Path(__file__).parent
@@ -617,17 +616,8 @@ def test_element_offsets_beyond_2_31(sparse_big, mode):
 
 @pytest.fixture(scope="module")
 def cpp_bad_input(tmp_path_factory):
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
     build = tmp_path_factory.mktemp("cpp_bad") / "build"
-    prefix = f"{arwrap_cpp.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    cfg = subprocess.run(["cmake", "-S", str(HERE / "cpp_bad_input"), "-B", str(build), *gen,
-                          f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
-    assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
-    return build / "bad_input"
+    return build_cmake_project(HERE / "cpp_bad_input", build, "the C++ bad-input program") / "bad_input"
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """The installed C++ package: find_package(arwrap) from pure C++ programs (tests/cpp)."""
-import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import pytest
 import torch
 
 import arwrap_cpp
+from conftest import build_cmake_project
 
 HERE = Path(__file__).parent
 
@@ -31,18 +30,7 @@ def test_package_layout():
 @pytest.fixture(scope="module")
 def cpp_build(tmp_path_factory):
     """Configures and builds tests/cpp against the installed package, as a user would."""
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
-    build = tmp_path_factory.mktemp("cpp") / "build"
-    prefix = f"{arwrap_cpp.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    print("building the C++ consumers (about a minute) ...", file=sys.stderr)
-    cfg = subprocess.run(["cmake", "-S", str(HERE / "cpp"), "-B", str(build), *gen, f"-DCMAKE_PREFIX_PATH={prefix}",
-                          "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
-    assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
-    return build
+    return build_cmake_project(HERE / "cpp", tmp_path_factory.mktemp("cpp") / "build", "the C++ consumers")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 
 import arwrap_cpp
 from arwrap_cpp import checkpoint as ckpt
+from conftest import build_cmake_project
 
 ROOT = Path(__file__).parent.parent
 
@@ -28,19 +29,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
     """Configures and builds examples/train against the installed package, as scripts/train.sh does."""
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
     build = tmp_path_factory.mktemp("train") / "build"
-    prefix = f"{arwrap_cpp.cmake_prefix_path};{torch.utils.cmake_prefix_path}"
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    print("\nbuilding arwrap-train (about a minute) ...", file=sys.stderr)
-    cfg = subprocess.run(["cmake", "-S", str(ROOT / "examples" / "train"), "-B", str(build), *gen,
-                          f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"],
-                         capture_output=True, text=True)
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
-    assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
-    return build / "arwrap-train"
+    return build_cmake_project(ROOT / "examples" / "train", build, "arwrap-train") / "arwrap-train"
 
 
 @pytest.fixture(scope="module")
