@@ -673,6 +673,29 @@ std::vector<at::Tensor> TransformerWrapperImpl::weights() const {
   return out;
 }
 
+std::map<std::string, at::Tensor> TransformerWrapperImpl::state_dict() const {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : named_parameters(true)) out[p.key()] = p.value();
+  for (const auto& b : named_buffers(true)) out[b.key()] = b.value();
+  return out;
+}
+
+void TransformerWrapperImpl::load_state_dict(const std::map<std::string, at::Tensor>& state) {
+  auto own = state_dict();
+  for (const auto& [name, t] : own) {
+    auto it = state.find(name);
+    TORCH_CHECK_VALUE(it != state.end(), "TransformerWrapper.load_state_dict: missing ", name);
+    TORCH_CHECK_VALUE(it->second.defined() && it->second.sizes() == t.sizes(), "TransformerWrapper.load_state_dict: ",
+                      name, " has shape ", it->second.defined() ? c10::str(it->second.sizes()) : "undefined",
+                      ", the module ", t.sizes());
+  }
+  for (const auto& [name, t] : state) {
+    TORCH_CHECK_VALUE(own.count(name), "TransformerWrapper.load_state_dict: unexpected entry ", name);
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : own) t.copy_(state.at(name));
+}
+
 at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens) {
   NetInputs in;
   in.tokens = tokens;

@@ -193,27 +193,13 @@ Checkpoint load_checkpoint(const std::string& path) {
   }
 }
 
-std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module) {
-  std::map<std::string, at::Tensor> out;
-  for (const auto& p : module.named_parameters(true)) out[p.key()] = p.value();
-  for (const auto& b : module.named_buffers(true)) out[b.key()] = b.value();
-  return out;
-}
-
-void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& state,
+void load_state_dict(arwrap::TransformerWrapperImpl& net, const std::map<std::string, at::Tensor>& state,
                      const std::string& what) {
-  auto own = state_dict(module);
-  for (const auto& [name, t] : own) {
-    auto it = state.find(name);
-    if (it == state.end()) throw std::runtime_error(what + ": the model state lacks " + name);
-    if (it->second.sizes() != t.sizes())
-      throw std::runtime_error(what + ": " + name + " has shape " + c10::str(it->second.sizes()) +
-                               " in the checkpoint, " + c10::str(t.sizes()) + " in the model");
+  try {
+    net.load_state_dict(state);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(what + ": " + c10_message(e));
   }
-  for (const auto& [name, t] : state)
-    if (!own.count(name)) throw std::runtime_error(what + ": unexpected entry " + name + " in the model state");
-  torch::NoGradGuard no_grad;
-  for (auto& [name, t] : own) t.copy_(state.at(name));
 }
 
 std::map<std::string, at::Tensor> optimizer_state(torch::optim::Optimizer& opt, const std::string& name,

@@ -12,6 +12,7 @@
 //   train_args      "key=value" lines: the training flags of the run
 #pragma once
 
+#include <arwrap/transformer.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
@@ -38,10 +39,8 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 // corrupt or foreign file.
 Checkpoint load_checkpoint(const std::string& path);
 
-// The module's parameters and buffers by name.
-std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module);
-// Copies `state` into the module; every name and shape must match (else std::runtime_error).
-void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& state,
+// net->load_state_dict(state), its error as a one-line std::runtime_error prefixed with `what`.
+void load_state_dict(arwrap::TransformerWrapperImpl& net, const std::map<std::string, at::Tensor>& state,
                      const std::string& what);
 
 // Adam/AdamW moments of the named parameters, and back. `name` is "adam" or "adamw".

@@ -533,7 +533,7 @@ int run(int argc, char** argv) {
     c.config = config.to_string();
     c.step = step;
     c.seed = a.seed;
-    c.model = train::state_dict(*net);
+    c.model = net->state_dict();
     c.optimizer_name = a.optimizer;
     c.optimizer = train::optimizer_state(*opt, a.optimizer, named);
     c.train_args = train_args_string(a);

@@ -31,6 +31,7 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -158,6 +159,11 @@ class TransformerWrapperImpl : public torch::nn::Cloneable<TransformerWrapperImp
 
   // parameters in parameter_names() order
   std::vector<at::Tensor> weights() const;
+  // Parameters and buffers by x-transformers' names (the module's own tensors).
+  std::map<std::string, at::Tensor> state_dict() const;
+  // Copies every entry in. A missing, unexpected or mis-shaped entry is a c10::ValueError
+  // naming it, raised before anything is copied.
+  void load_state_dict(const std::map<std::string, at::Tensor>& state);
   // The Net for ARWrapper; it refers to this module.
   std::shared_ptr<NativeNet> as_net();
 
