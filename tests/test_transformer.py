@@ -380,3 +380,31 @@ def test_config_string_is_validated():
     with pytest.raises(ValueError, match="must have shape"):
         torch.ops.arwrap.transformer_wrapper_forward(torch.zeros(1, 2, dtype=torch.long), net.weights()[::-1],
                                                      net.config, False)
+
+
+def test_bfloat16_net_trains_and_generates():
+    """Weights in bfloat16: SDPA, the fused head and the z-loss's attention_lse (which
+    accumulates in float32) give the float32 loss to bfloat16 precision, and gradients
+    come back in bfloat16."""
+    net = tiny_net(rotary_pos_emb=True)
+    w = arwrap_cpp.AutoregressiveWrapper(net, add_attn_z_loss=True)
+    x = torch.randint(0, 11, (3, 8))
+    ref = w(x).item()
+    net.to(torch.bfloat16)
+    loss = w(x)
+    loss.backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - ref) < 2e-2 * abs(ref)
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in net.parameters())
+    assert w.generate(x[:, :3], 4, temperature=0.0).shape == (3, 4)
+
+
+def test_attention_lse_bfloat16_accumulates_in_float32():
+    torch.manual_seed(2)
+    q, k = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    qb, kb = q.bfloat16().requires_grad_(), k.bfloat16().requires_grad_()
+    lse = torch.ops.arwrap.attention_lse(qb, kb, None, 0.5, True)
+    assert lse.dtype == torch.float32
+    ref = reference_lse(qb.detach().double(), kb.detach().double(), None, 0.5, True)
+    assert torch.allclose(lse.double(), ref, atol=1e-5)
+    dq, dk = torch.autograd.grad(lse.sum(), (qb, kb))
+    assert dq.dtype == dk.dtype == torch.bfloat16

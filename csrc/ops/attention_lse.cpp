@@ -10,8 +10,10 @@
 // materialising the (b, h, n, n) scores is what the fused attention avoids. So the
 // scores are recomputed in blocks of rows, forward and backward: memory is one
 // block (rows x nk per head), never n^2. Masked scores get the lowest finite value,
-// as x-transformers' masking does. Written with ATen ops, so one kernel serves
-// every device (CompositeExplicitAutograd) and the Meta key.
+// as x-transformers' masking does. Scores and lse are float32 (float64 for float64
+// inputs) whatever the input dtype; the gradients come back in the input's dtype.
+// Written with ATen ops, so one kernel serves every device (CompositeExplicitAutograd)
+// and the Meta key.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -65,9 +67,14 @@ at::Tensor block_scores(const at::Tensor& q, const at::Tensor& k, const std::opt
   return s;
 }
 
-at::Tensor attention_lse_kernel(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& key_mask,
-                                double scale, bool causal) {
-  check_args(q, k, key_mask);
+at::ScalarType accumulate_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor attention_lse_kernel(const at::Tensor& q_in, const at::Tensor& k_in,
+                                const std::optional<at::Tensor>& key_mask, double scale, bool causal) {
+  check_args(q_in, k_in, key_mask);
+  const at::Tensor q = q_in.to(accumulate_type(q_in)), k = k_in.to(accumulate_type(q_in));
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   const int64_t block = rows_per_block(q, k);
   for (int64_t i0 = 0; i0 < q.size(2); i0 += block) {
@@ -77,11 +84,13 @@ at::Tensor attention_lse_kernel(const at::Tensor& q, const at::Tensor& k, const 
   return lse;
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_lse_backward_kernel(const at::Tensor& grad, const at::Tensor& q,
-                                                                 const at::Tensor& k,
+std::tuple<at::Tensor, at::Tensor> attention_lse_backward_kernel(const at::Tensor& grad_in, const at::Tensor& q_in,
+                                                                 const at::Tensor& k_in,
                                                                  const std::optional<at::Tensor>& key_mask,
-                                                                 double scale, bool causal, const at::Tensor& lse) {
-  check_args(q, k, key_mask);
+                                                                 double scale, bool causal, const at::Tensor& lse_in) {
+  check_args(q_in, k_in, key_mask);
+  const auto acc = accumulate_type(q_in);
+  const at::Tensor q = q_in.to(acc), k = k_in.to(acc), grad = grad_in.to(acc), lse = lse_in.to(acc);
   TORCH_CHECK_VALUE(grad.sizes() == lse.sizes() && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
                         lse.size(2) == q.size(2),
                     "attention_lse_backward: grad ", grad.sizes(), " and lse ", lse.sizes(),
@@ -97,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> attention_lse_backward_kernel(const at::Tenso
     dq.narrow(2, i0, rows).copy_(at::matmul(s, k));
     dk.add_(at::matmul(s.transpose(-1, -2), q.narrow(2, i0, rows)));
   }
-  return {dq, dk};
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type())};
 }
 
 }  // namespace
