@@ -34,6 +34,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import arwrap_cpp
 from arwrap_cpp import AutoregressiveWrapper, cross_entropy, linear_cross_entropy, shift_tokens
 from conftest import build_cmake_project
 
@@ -76,6 +77,19 @@ def net():
     import copy
 
     return copy.deepcopy(_net_state())
+
+
+@functools.lru_cache(maxsize=None)
+def _native_state():
+    torch.manual_seed(0)
+    return arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=SEQ,
+                                         attn_layers=arwrap_cpp.Decoder(dim=DIM, depth=1, heads=2, attn_dim_head=8))
+
+
+def native():
+    import copy
+
+    return copy.deepcopy(_native_state())
 
 
 def wrap(**kw):
@@ -235,11 +249,39 @@ BAD = [
     ("wrap/mask_noise-shape", lambda: wrap(mask_prob=0.2)(toks(), mask_noise=torch.randn(2, SEQ - 1)), ValueError, r"noise must have shape \(2, 9\)"),
     ("wrap/mask_noise-nan", lambda: wrap(mask_prob=0.2)(toks(), mask_noise=torch.full((2, SEQ), float("nan"))), ValueError, r"noise must not contain NaN"),
     ("wrap/mask_token_id-negative", lambda: wrap(mask_prob=0.2, mask_token_id=-1)(toks()), ValueError, r"mask_token_id must be a token id >= 0"),
-    # gaps: errors from inside x-transformers (AssertionError / an unrelated message), not ours
+    # formerly gaps (errors from inside x-transformers), now named errors of ours
     ("wrap/seq_len-over-max_seq_len", lambda: wrap()(toks(n1=SEQ + 2)), ValueError, r"max_seq_len"),
     ("wrap/prepend_embeds-dim", lambda: wrap()(toks(), prepend_embeds=torch.randn(2, 2, DIM + 1)), ValueError, r"prepend_embeds"),
     ("wrap/prepend_mask-shape", lambda: wrap()(toks(), prepend_embeds=torch.randn(2, 2, DIM), prepend_mask=torch.ones(2, 3, dtype=torch.bool)), ValueError, r"prepend_mask"),
     ("wrap/mask_token_id-ge-vocab", lambda: wrap(mask_prob=0.2, mask_token_id=V)(toks()), IndexError, r"mask_token_id"),
+    # --- the native net (arwrap_cpp.TransformerWrapper), its wrapper, generate and attention_lse
+    ("native/token-ge-vocab", lambda: native()(torch.full((1, 5), V)), IndexError, r"num_tokens"),
+    ("native/token-negative", lambda: native()(torch.tensor([[1, -4, 2]])), IndexError, r"num_tokens"),
+    ("native/x-1d", lambda: native()(torch.zeros(5, dtype=torch.long)), ValueError, r"tokens must be 2-D int64"),
+    ("native/x-float", lambda: native()(torch.zeros(1, 5)), ValueError, r"tokens must be 2-D int64"),
+    ("native/too-long", lambda: native()(torch.zeros(1, SEQ + 1, dtype=torch.long)), ValueError, r"max_seq_len"),
+    ("native/prepend-dim", lambda: native()(toks(), prepend_embeds=torch.randn(2, 1, DIM + 1)), ValueError, r"prepend_embeds"),
+    ("native/kv-mask-shape", lambda: native()(toks(), self_attn_kv_mask=torch.ones(2, 3, dtype=torch.bool)), ValueError, r"self_attn_kv_mask"),
+    ("native/mask", lambda: native()(toks(), mask=torch.ones(2, SEQ, dtype=torch.bool)), ValueError, r"mask"),
+    ("native/unknown-kwarg", lambda: native()(toks(), mems=[]), ValueError, r"unsupported argument"),
+    ("native/unknown-option", lambda: arwrap_cpp.Decoder(dim=DIM, depth=1, cross_attend=True), ValueError, r"cross_attend"),
+    ("native/heads-0", lambda: arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=arwrap_cpp.Decoder(dim=DIM, depth=1, heads=0)), ValueError, r"heads must be positive"),
+    ("native/wrap-x-1d", lambda: AutoregressiveWrapper(native())(torch.zeros(5, dtype=torch.long)), ValueError, r"x must be 2-D"),
+    ("native/wrap-seq-1", lambda: AutoregressiveWrapper(native())(torch.zeros(2, 1, dtype=torch.long)), ValueError, r"seq_len \+ 1 >= 2"),
+    ("native/wrap-token-ge-vocab", lambda: AutoregressiveWrapper(native())(torch.full((2, 5), V)), IndexError, r"vocabulary"),
+    ("native/wrap-kwarg", lambda: AutoregressiveWrapper(native())(toks(), prepend_mask=None), ValueError, r"no extra keyword"),
+    ("native/gen-prompt-float", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3), 2), ValueError, r"prompts must be int64"),
+    ("native/gen-prompt-empty", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 0, dtype=torch.long), 2), ValueError, r"at least one token"),
+    ("native/gen-seq-len", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3, dtype=torch.long), -1), ValueError, r"seq_len must be >= 0"),
+    ("native/gen-temperature", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=-1.0), ValueError, r"temperature"),
+    ("native/gen-filter", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3, dtype=torch.long), 2, filter_logits_fn="top_a"), ValueError, r"filter_logits_fn"),
+    ("native/gen-top-k-0", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3, dtype=torch.long), 2, filter_kwargs={"k": 0}), ValueError, r"top_k must be at least 1"),
+    ("native/gen-prompt-lens", lambda: AutoregressiveWrapper(native()).generate(torch.zeros(1, 3, dtype=torch.long), 2, prompt_lens=torch.tensor([2])), ValueError, r"prompt_lens"),
+    ("native/lse-rank", lambda: torch.ops.arwrap.attention_lse(torch.randn(2, 3, 4), torch.randn(2, 3, 4), None, 1.0, True), ValueError, r"\(batch, heads, seq, dim_head\)"),
+    ("native/lse-dtype", lambda: torch.ops.arwrap.attention_lse(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4).double(), None, 1.0, True), ValueError, r"one dtype"),
+    ("native/lse-mask-dtype", lambda: torch.ops.arwrap.attention_lse(torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4), torch.ones(1, 2), 1.0, True), ValueError, r"key_mask must be bool"),
+    ("native/op-config", lambda: torch.ops.arwrap.transformer_wrapper_forward(toks(), native().weights(), "dim=3", False), ValueError, r"missing"),
+    ("native/op-weights", lambda: torch.ops.arwrap.transformer_wrapper_forward(toks(), native().weights()[1:], native().config, False), ValueError, r"weights"),
     # --- AutoregressiveWrapper around a TorchScript net (runs wholly in C++: arwrap::TorchScriptNet)
     ("script/x-1d", lambda: script_wrap()(torch.randint(0, 40, (9,))), ValueError, r"x must be 2-D"),
     ("script/x-float", lambda: script_wrap()(torch.rand(2, 9)), ValueError, r"x must be int64"),
