@@ -21,6 +21,11 @@ CONFIGS = {  # name: (TransformerWrapper kwargs, Decoder kwargs)
     "glu_swish_rmsnorm": ({}, {"ff_glu": True, "ff_swish": True, "use_rmsnorm": True}),
     "qk_norm": ({}, {"attn_qk_norm": True}),
     "tied": ({"tie_embedding": True}, {}),
+    # beyond the five: the other options, with non-default values
+    "rmsnorm_no_offset_ff_mult": ({}, {"use_rmsnorm": True, "norm_add_unit_offset": False, "ff_mult": 2.5}),
+    "rotary_dim_qk_scale_glu": ({"use_abs_pos_emb": False},
+                                {"rotary_pos_emb": True, "rotary_emb_dim": 8, "attn_qk_norm": True,
+                                 "attn_qk_norm_scale": 5, "ff_glu": True}),
 }
 
 
