@@ -413,3 +413,15 @@ def test_attention_lse_bfloat16_accumulates_in_float32():
     assert torch.allclose(lse.double(), ref, atol=1e-5)
     dq, dk = torch.autograd.grad(lse.sum(), (qb, kb))
     assert dq.dtype == dk.dtype == torch.bfloat16
+
+
+def test_native_net_fuses_its_head_without_being_asked(recwarn):
+    """The native wrapper always computes the loss from the final embeddings with the
+    fused linear cross-entropy; fused_head=True is accepted silently (no fallback warning)."""
+    net = tiny_net()
+    x = torch.randint(0, 11, (2, 8))
+    plain = arwrap_cpp.AutoregressiveWrapper(net)(x)
+    fused = arwrap_cpp.AutoregressiveWrapper(net, fused_head=True)(x)
+    assert not [w for w in recwarn if "fused_head" in str(w.message)]
+    assert "LinearCrossEntropy" in plain.grad_fn.name() and "LinearCrossEntropy" in fused.grad_fn.name()
+    assert torch.equal(plain, fused)

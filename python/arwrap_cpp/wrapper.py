@@ -86,7 +86,7 @@ class AutoregressiveWrapper(nn.Module):
         self._native = isinstance(net, TransformerWrapper)
         self.fused_head = bool(fused_head)
         self._warned = set()
-        if self.fused_head:
+        if self.fused_head and not self._native:  # the native net always fuses its head
             reason = self._fused_head_unsupported()
             if reason is not None:
                 self._warn(f"arwrap_cpp.AutoregressiveWrapper: fused_head=True falls back to the logits: {reason}")
