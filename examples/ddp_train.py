@@ -19,6 +19,7 @@ compares the weights of the two. ``--out FILE`` saves the final weights, the log
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 
@@ -122,6 +123,12 @@ def main(argv=None):
         rank, world_size = dist.get_rank(), dist.get_world_size()
         try:
             model, losses, rank_losses = train(args, rank, world_size, distributed=True)
+            # Tear down while Python is whole: the DDP wrapper (reference cycles) and its
+            # reducer go now, and every rank's last all-reduce has finished. Otherwise gloo's
+            # worker thread may still be releasing the last work item (which holds Python
+            # objects) while the interpreter finalizes, and abort the process at exit.
+            gc.collect()
+            dist.barrier()
         finally:
             dist.destroy_process_group()
     if rank == 0 and args.out:
