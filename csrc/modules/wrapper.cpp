@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "tracing.h"
+#include "../ops/tracing.h"
 
 namespace arwrap {
 
@@ -78,7 +78,7 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   // auxiliary losses are defined over all positions: with them, feed n + 1 as it does.
   const bool full = o.add_attn_z_loss() || continuous;
 
-  if (auto V = net_->num_tokens(); V && detail::has_real_data(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (auto V = net_->num_tokens(); V && ops::has_real_data(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
   if (auto V = net_->num_tokens(); V && o.mask_token_id().has_value()) {
     TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=",
                       *o.mask_token_id(), " is outside the net's vocabulary [0, ", *V, ")");

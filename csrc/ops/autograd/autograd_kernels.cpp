@@ -15,12 +15,12 @@
 // logits are traced (fake or functional tensors, a dispatch mode is active), as
 // under torch.compile, which plans its own buffers.
 #include "../common.h"
+#include "../tracing.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
@@ -47,12 +47,6 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-// True for real CPU/CUDA tensors in eager mode (where writing in place is ours to do).
-bool is_plain_eager(const at::Tensor& t) {
-  if (!(t.is_cpu() || t.is_cuda())) return false;
-  if (t.key_set().has(c10::DispatchKey::Python) || t.key_set().has(c10::DispatchKey::Functionalize)) return false;
-  return !c10::impl::TorchDispatchModeTLS::any_modes_set();
-}
 
 class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
  public:
@@ -62,7 +56,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const Reduction reduction = parse_reduction(reduction_str);
     const auto red = static_cast<int64_t>(reduction);
     // in place only where each element is its own memory (not expanded or overlapping rows)
-    const bool inplace = inplace_backward && logits.stride(-1) == 1 && is_plain_eager(logits) &&
+    const bool inplace = inplace_backward && logits.stride(-1) == 1 && has_real_data(logits) &&
                          provably_non_overlapping(logits);
     ctx->set_materialize_grads(false);
     ctx->saved_data["ignore_index"] = ignore_index;
@@ -115,7 +109,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     if (ctx->saved_data["fused"].toBool()) {
       at::Tensor grad = saved[0];
       if (!grad_loss.defined()) return out;
-      if (grad_loss.is_cpu() && is_plain_eager(grad_loss)) {
+      if (grad_loss.is_cpu() && has_real_data(grad_loss)) {
         const double g = grad_loss.item<double>();
         if (g == 1.0) {
           out[0] = grad;
@@ -125,7 +119,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
         } else {
           out[0] = at::mul(grad, at::Scalar(g));
         }
-      } else if (inplace && is_plain_eager(grad)) {
+      } else if (inplace && has_real_data(grad)) {
         out[0] = grad.mul_(grad_loss);
         ctx->saved_data["consumed"] = true;
       } else {
@@ -148,7 +142,7 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const double w = ctx->saved_data["w"].toDouble();
     std::optional<at::Tensor> glse;
     if (grad_lse.defined()) glse = grad_lse;
-    if (inplace && is_plain_eager(logits)) {
+    if (inplace && has_real_data(logits)) {
       static auto bwd = op<BwdInplaceSig>("arwrap::cross_entropy_backward_");
       bwd.call(gl, glse, logits, target, lse, ignore_index, red, eps, w);
       torch::autograd::impl::bump_version(logits);
@@ -219,7 +213,7 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
       const double applied = ctx->saved_data["applied"].toDouble();
       at::Tensor factor;
       double g = 0.0;
-      const bool eager = grad_loss.is_cpu() && is_plain_eager(grad_loss);
+      const bool eager = grad_loss.is_cpu() && has_real_data(grad_loss);
       if (eager) g = grad_loss.item<double>();
       for (int k = 0; k < 3; ++k) {
         if (!needl.get(k) || saved[k].numel() == 0) continue;
