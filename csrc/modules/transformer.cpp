@@ -71,29 +71,25 @@ struct Field {
   std::function<void(TransformerWrapperOptions&, const std::string&)> set;
 };
 
-int64_t parse_int(const std::string& key, const std::string& v) {
+// The whole of v as a number (std::stoll / std::stod), or a ValueError naming the key.
+template <typename T, typename Convert>
+T parse_number(const std::string& key, const std::string& v, Convert convert, const char* what) {
   size_t used = 0;
-  int64_t out = 0;
+  T out{};
   try {
-    out = std::stoll(v, &used);
+    out = convert(v, &used);
   } catch (const std::exception&) {
     used = 0;
   }
-  TORCH_CHECK_VALUE(used == v.size() && !v.empty(), "TransformerWrapper config: ", key, " must be an integer, got '", v,
+  TORCH_CHECK_VALUE(used == v.size() && !v.empty(), "TransformerWrapper config: ", key, " must be ", what, ", got '", v,
                     "'");
   return out;
 }
+int64_t parse_int(const std::string& key, const std::string& v) {
+  return parse_number<int64_t>(key, v, [](const std::string& s, size_t* n) { return std::stoll(s, n); }, "an integer");
+}
 double parse_double(const std::string& key, const std::string& v) {
-  size_t used = 0;
-  double out = 0;
-  try {
-    out = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  TORCH_CHECK_VALUE(used == v.size() && !v.empty(), "TransformerWrapper config: ", key, " must be a number, got '", v,
-                    "'");
-  return out;
+  return parse_number<double>(key, v, [](const std::string& s, size_t* n) { return std::stod(s, n); }, "a number");
 }
 bool parse_bool(const std::string& key, const std::string& v) {
   if (v == "1" || v == "true" || v == "True") return true;
