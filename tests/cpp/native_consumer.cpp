@@ -6,12 +6,13 @@
 //    given its weights, inside arwrap::ARWrapper: prints "native loss".
 // 2. The TorchScript export trained in C++: 5 Adam steps (lr 1e-2), "step i loss L".
 // 3. Greedy generation from the C++ module: "greedy t0 t1 ...".
+#include "read_tokens.h"
+
 #include <arwrap/arwrap.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <fstream>
 #include <vector>
 
 int main(int argc, char** argv) {
@@ -19,16 +20,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s MODEL.pt TOKENS.txt\n", argv[0]);
     return 2;
   }
-  std::ifstream in(argv[2]);
-  int64_t b = 0, n1 = 0;
-  in >> b >> n1;
-  std::vector<int64_t> ids(static_cast<size_t>(b * n1));
-  for (auto& v : ids) in >> v;
-  if (!in) {
+  const auto read = read_tokens(argv[2]);
+  if (!read) {
     std::fprintf(stderr, "error: could not read %s\n", argv[2]);
     return 2;
   }
-  const auto x = torch::from_blob(ids.data(), {b, n1}, torch::kLong).clone();
+  const torch::Tensor& x = *read;
   torch::jit::Module scripted = torch::jit::load(argv[1]);
 
   // 1. the C++ module with the export's weights

@@ -2,11 +2,12 @@
 //   wrapper_consumer NET.pt TOKENS.txt
 // TOKENS.txt: "b n1" then b*n1 token ids. Prints the loss (same as Python's), then
 // trains 3 Adam steps and prints the losses, which must fall.
+#include "read_tokens.h"
+
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <fstream>
 #include <vector>
 
 int main(int argc, char** argv) {
@@ -14,16 +15,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s NET.pt TOKENS.txt\n", argv[0]);
     return 2;
   }
-  std::ifstream in(argv[2]);
-  int64_t b = 0, n1 = 0;
-  in >> b >> n1;
-  std::vector<int64_t> ids(static_cast<size_t>(b * n1));
-  for (auto& v : ids) in >> v;
-  if (!in) {
+  const auto read = read_tokens(argv[2]);
+  if (!read) {
     std::fprintf(stderr, "error: could not read %s\n", argv[2]);
     return 2;
   }
-  auto x = torch::from_blob(ids.data(), {b, n1}, torch::kLong).clone();
+  const torch::Tensor& x = *read;
 
   arwrap::ARWrapper wrapper(arwrap::TorchScriptNet::load(argv[1]), arwrap::ARWrapperOptions());
   auto loss = wrapper->forward(x).loss;
