@@ -108,3 +108,46 @@ def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> 
             return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
         out.update(json.loads(p.stdout.strip().splitlines()[-1]))
     return out
+
+
+def measure_contenders(script: str, configs, contenders, flag: str, common: list) -> list:
+    """The training-step benchmarks' parent loop: per configuration, one process times every
+    contender round-robin (`--<flag> all`), then one process per contender measures its
+    memory. Returns one dict per (configuration, contender) with keys config, <flag>,
+    time_s, loss, peak_extra_bytes (or error)."""
+    import sys
+
+    results = []
+    for cfg in configs:
+        print(f"  {cfg} time (all, round-robin) ...", file=sys.stderr, flush=True)
+        timed = run_isolated(script, ["--config", cfg, f"--{flag}", "all", *common], measures=("time",))
+        for c in contenders:
+            print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
+            r = {"config": cfg, flag: c}
+            if "error" in timed:
+                r["error"] = timed["error"]
+            else:
+                r.update(timed[c])
+                r.update(run_isolated(script, ["--config", cfg, f"--{flag}", c, *common], measures=("memory",)))
+            results.append(r)
+    return results
+
+
+def step_table_rows(configs, shapes: dict, results: list, flag: str, base: str = "x_transformers") -> list:
+    """Markdown rows `| config | contender | step ms | speed-up | peak extra MB | memory ratio | loss |`
+    of measure_contenders' results, the ratios against `base` in the same configuration."""
+    rows = []
+    for cfg in configs:
+        V, dim, depth, b, n1 = shapes[cfg]
+        rs = {r[flag]: r for r in results if r["config"] == cfg}
+        ref = rs.get(base, {})
+        label = f"{cfg}: V={V}, dim {dim}, depth {depth}, ({b}, {n1})"
+        for c, r in rs.items():
+            if "error" in r:
+                rows.append(f"| {label} | {c} | error: {r['error'][:70]} | | | | |")
+                continue
+            sp = ref.get("time_s", float("nan")) / r["time_s"]
+            mr = r["peak_extra_bytes"] / ref.get("peak_extra_bytes", float("nan"))
+            rows.append(f"| {label} | {c} | {r['time_s'] * 1e3:.0f} | {sp:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} | "
+                        f"{mr:.2f} | {r['loss']:.4f} |")
+    return rows

@@ -124,23 +124,11 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated, write_results
+    from _measure import measure_contenders, run_isolated, step_table_rows, write_results
 
     configs = [c for c in args.configs.split(",") if c]
-    results = []
     common = ["--threads", args.threads, "--repeats", args.repeats]
-    for cfg in configs:
-        print(f"  {cfg} time (all contenders, round-robin) ...", file=sys.stderr, flush=True)
-        timed = run_isolated(__file__, ["--config", cfg, "--contender", "all", *common], measures=("time",))
-        for c in CONTENDERS:
-            print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
-            r = {"config": cfg, "contender": c}
-            if "error" in timed:
-                r["error"] = timed["error"]
-            else:
-                r.update(timed[c])
-                r.update(run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",)))
-            results.append(r)
+    results = measure_contenders(__file__, configs, CONTENDERS, "contender", common)
     gen = None
     if not args.no_generate:
         print("  greedy generation with cache ...", file=sys.stderr, flush=True)
@@ -150,19 +138,7 @@ def main():
              "Training step (loss = wrapper(x); loss.backward()), heads 8, dim_head 64:", "",
              "| config | contender | step ms | speed-up vs x-transformers | peak extra MB | memory ratio | loss |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for cfg in configs:
-        V, dim, depth, b, n1 = CONFIGS[cfg]
-        rs = {r["contender"]: r for r in results if r["config"] == cfg}
-        base = rs.get("x_transformers", {})
-        for c, r in rs.items():
-            label = f"{cfg}: V={V}, dim {dim}, depth {depth}, ({b}, {n1})"
-            if "error" in r:
-                lines.append(f"| {label} | {c} | error: {r['error'][:70]} | | | | |")
-                continue
-            sp = base.get("time_s", float("nan")) / r["time_s"]
-            mr = r["peak_extra_bytes"] / base.get("peak_extra_bytes", float("nan"))
-            lines.append(f"| {label} | {c} | {r['time_s'] * 1e3:.0f} | {sp:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} "
-                         f"| {mr:.2f} | {r['loss']:.4f} |")
+    lines += step_table_rows(configs, CONFIGS, results, "contender")
     if gen is not None:
         g = GEN
         lines += ["", f"Greedy generation with the key/value cache: V={g['num_tokens']}, dim {g['dim']}, depth "

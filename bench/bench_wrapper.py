@@ -83,39 +83,15 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated, write_results
+    from _measure import measure_contenders, step_table_rows, write_results
 
-    results = []
-    for cfg in args.configs.split(","):
-        print(f"  {cfg} time (all wrappers, round-robin) ...", file=sys.stderr, flush=True)
-        timed = run_isolated(__file__, ["--config", cfg, "--wrapper", "all", "--threads", args.threads,
-                                        "--repeats", args.repeats], measures=("time",))
-        for w in WRAPPERS:
-            print(f"  {cfg} {w} memory ...", file=sys.stderr, flush=True)
-            r = {"config": cfg, "wrapper": w}
-            if "error" in timed:
-                r["error"] = timed["error"]
-            else:
-                r.update(timed[w])
-                r.update(run_isolated(__file__, ["--config", cfg, "--wrapper", w, "--threads", args.threads,
-                                                 "--repeats", args.repeats], measures=("memory",)))
-            results.append(r)
+    configs = args.configs.split(",")
+    results = measure_contenders(__file__, configs, WRAPPERS, "wrapper",
+                                 ["--threads", args.threads, "--repeats", args.repeats])
     lines = [f"float32, {args.threads} threads, median of {args.repeats} round-robin steps, torch {torch.__version__}", "",
              "| config | wrapper | step ms | speed-up | peak extra MB | memory ratio | loss |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for cfg in args.configs.split(","):
-        V, dim, depth, b, n1 = CONFIGS[cfg]
-        rs = {r["wrapper"]: r for r in results if r["config"] == cfg}
-        base = rs.get("x_transformers", {})
-        for w, r in rs.items():
-            label = f"{cfg}: V={V}, dim {dim}, depth {depth}, ({b}, {n1})"
-            if "error" in r:
-                lines.append(f"| {label} | {w} | error: {r['error'][:70]} | | | | |")
-                continue
-            sp = base.get("time_s", float("nan")) / r["time_s"]
-            mr = r["peak_extra_bytes"] / base.get("peak_extra_bytes", float("nan"))
-            lines.append(f"| {label} | {w} | {r['time_s'] * 1e3:.0f} | {sp:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} | "
-                         f"{mr:.2f} | {r['loss']:.4f} |")
+    lines += step_table_rows(configs, CONFIGS, results, "wrapper")
     write_results(args.out, lines, {"threads": args.threads, "results": results})
 
 
