@@ -71,6 +71,7 @@ def test_resident_memory_is_flat_over_2000_steps():
     base = max(samples[WARMUP - 50:WARMUP])
     growth = max(samples[WARMUP:]) - base
     tail = samples[-1] - samples[WARMUP]
+    print(f"resident memory: {base:.1f} MiB after warm-up, at most {growth:+.1f} MiB over the remaining steps")
     assert growth < BOUND_MIB, (f"resident memory grew by {growth:.1f} MiB after warm-up "
                                 f"({samples[WARMUP]:.1f} -> {samples[-1]:.1f} MiB; per 1000 steps "
                                 f"{1000 * tail / (STEPS - WARMUP):.2f} MiB)")
