@@ -7,9 +7,24 @@ resident size before the step is the step's peak extra memory.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import statistics
 import time
+
+
+def bench_parser(doc: str, out: str, repeats: int, hidden=()) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes (--threads, --repeats, --out), and the hidden ones
+    its child processes get: --child, --measure and ``hidden``, a list of (flag, type)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    for flag, typ in hidden:
+        ap.add_argument(flag, type=typ, help=argparse.SUPPRESS)
+    return ap
 
 
 def _status_kb(field: str) -> int:

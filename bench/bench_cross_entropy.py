@@ -11,12 +11,13 @@ inputs. Writes bench/results/cross_entropy.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ["arwrap", "arwrap_inplace", "eager", "x_transformers", "torch_compile"]
@@ -93,18 +94,11 @@ def run_child(contender, rows, V, args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "cross_entropy"), repeats=5,
+                      hidden=[("--contender", str), ("--rows", int), ("--vocab", int)])
     ap.add_argument("--shapes", default="4096x256,8192x32000,4096x128256", help="comma-separated ROWSxVOCAB")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ignore-frac", type=float, default=0.05)
-    ap.add_argument("--out", default=str(HERE / "results" / "cross_entropy"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)

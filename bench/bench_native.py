@@ -17,12 +17,13 @@ and its inputs (bench/_measure.py). Writes bench/results/native.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("x_transformers", "arwrap_xt_net", "arwrap_native")
@@ -108,16 +109,10 @@ def child(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "native"), repeats=3,
+                      hidden=[("--config", str), ("--contender", str)])
     ap.add_argument("--configs", default="A,B,C")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-generate", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results" / "native"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)

@@ -12,10 +12,11 @@ step adds over the model and its inputs (see _measure.py). Writes bench/results/
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 WRAPPERS = ("x_transformers", "arwrap", "arwrap_fused_head")
@@ -68,15 +69,9 @@ def child(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "wrapper"), repeats=5,
+                      hidden=[("--config", str), ("--wrapper", str)])
     ap.add_argument("--configs", default="A,B,C")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(HERE / "results" / "wrapper"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--wrapper", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
