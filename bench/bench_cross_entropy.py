@@ -85,14 +85,6 @@ def child(args) -> None:
         print(json.dumps({"time_s": median_time(step, args.repeats, before_each=refill), "loss_rel_err": err}))
 
 
-def run_child(contender, rows, V, args):
-    sys.path.insert(0, str(HERE))
-    from _measure import run_isolated
-
-    return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V, "--threads", args.threads,
-                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
-
-
 def main():
     ap = bench_parser(__doc__, str(HERE / "results" / "cross_entropy"), repeats=5,
                       hidden=[("--contender", str), ("--rows", int), ("--vocab", int)])
@@ -106,17 +98,12 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import write_results
+    from _measure import measure_shapes, write_results
 
-    results = []
-    for shape in args.shapes.split(","):
-        rows, V = (int(v) for v in shape.lower().split("x"))
-        logits_bytes = rows * V * 4
-        for c in args.contenders.split(","):
-            print(f"  {rows}x{V} {c} ...", file=sys.stderr, flush=True)
-            r = run_child(c, rows, V, args)
-            r.update(rows=rows, vocab=V, contender=c, logits_bytes=logits_bytes)
-            results.append(r)
+    results = measure_shapes(__file__, args.shapes, args.contenders, ("rows", "vocab"),
+                             ["--threads", args.threads, "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
+    for r in results:
+        r["logits_bytes"] = r["rows"] * r["vocab"] * 4
 
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "repeats": args.repeats}

@@ -78,17 +78,10 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated, write_results
+    from _measure import measure_shapes, write_results
 
-    results = []
-    for shape in args.shapes.split(","):
-        N, D, V = (int(v) for v in shape.lower().split("x"))
-        for c in args.contenders.split(","):
-            print(f"  {shape} {c} ...", file=sys.stderr, flush=True)
-            r = {"n": N, "d": D, "v": V, "contender": c}
-            r.update(run_isolated(__file__, ["--contender", c, "--n", N, "--d", D, "--v", V, "--threads",
-                                             args.threads, "--repeats", args.repeats]))
-            results.append(r)
+    results = measure_shapes(__file__, args.shapes, args.contenders, ("n", "d", "v"),
+                             ["--threads", args.threads, "--repeats", args.repeats])
     lines = [f"float32, {args.threads} threads, 5% ignored targets, median of {args.repeats}, torch {torch.__version__}",
              "", "| N x D x V | contender | fwd+bwd s | vs eager | peak extra MB | / (grad_h + grad_W) | loss |",
              "|---|---|---:|---:|---:|---:|---:|"]

@@ -61,7 +61,7 @@ def child(args):
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes, round_robin
+    from _measure import step_child
 
     torch.set_num_threads(args.threads)
     if args.measure == "generate":
@@ -89,23 +89,8 @@ def child(args):
     V, dim, depth, b, n1 = CONFIGS[args.config]
     x = torch.randint(0, V, (b, n1), generator=torch.Generator().manual_seed(2))
 
-    def step_of(wrapper, net):
-        def step():
-            loss = wrapper(x)
-            loss.backward()
-            for p in net.parameters():
-                p.grad = None
-            return loss.detach()
-        return step
-
-    if args.measure == "memory":
-        step = step_of(*build(args.contender, V, dim, depth, n1))
-        l0 = step()
-        step()
-        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
-        return
-    steps = {name: step_of(*build(name, V, dim, depth, n1)) for name in CONTENDERS}
-    print(json.dumps(round_robin(steps, args.repeats)))
+    step_child(args.measure, args.repeats, lambda name: build(name, V, dim, depth, n1), x, args.contender,
+               CONTENDERS)
 
 
 def main():

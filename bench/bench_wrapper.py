@@ -12,7 +12,6 @@ step adds over the model and its inputs (see _measure.py). Writes bench/results/
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -35,8 +34,7 @@ def child(args):
     import arwrap_cpp
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes, round_robin
-
+    from _measure import step_child
 
     torch.set_num_threads(args.threads)
     V, dim, depth, b, n1 = CONFIGS[args.config]
@@ -44,28 +42,12 @@ def child(args):
     net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
     x = torch.randint(0, V, (b, n1))
 
-    def make(name):
+    def build(name):
         if name == "x_transformers":
-            return XT(net)
-        return arwrap_cpp.AutoregressiveWrapper(net, fused_head=name == "arwrap_fused_head")
+            return XT(net), net
+        return arwrap_cpp.AutoregressiveWrapper(net, fused_head=name == "arwrap_fused_head"), net
 
-    def step_of(wrapper):
-        def step():
-            loss = wrapper(x)
-            loss.backward()
-            for p in net.parameters():
-                p.grad = None
-            return loss.detach()
-        return step
-
-    if args.measure == "memory":
-        step = step_of(make(args.wrapper))
-        l0 = step()
-        step()
-        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
-        return
-    steps = {name: step_of(make(name)) for name in WRAPPERS}
-    print(json.dumps(round_robin(steps, args.repeats)))
+    step_child(args.measure, args.repeats, build, x, args.wrapper, WRAPPERS)
 
 
 def main():
