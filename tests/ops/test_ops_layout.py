@@ -1,4 +1,4 @@
-"""docs/architecture-ops.md's per-operator file table, checked against the tree: every file
+"""docs/architecture.md's per-operator file table, checked against the tree: every file
 it names exists, every operator in it is registered, and every file under csrc/ops is named."""
 import re
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "architecture-ops.md"
+DOC = ROOT / "docs" / "architecture.md"
 COLUMNS = ["operator", "schema + entry", "cpu", "cuda", "meta", "autograd", "python face", "tests"]
 
 
@@ -37,8 +37,8 @@ def test_table_names_existing_files_for_every_operator():
 def test_every_operator_source_is_in_the_doc():
     named = {p for p in re.findall(r"`(csrc/ops/[^`]+)`", DOC.read_text()) if "<" not in p}  # not the patterns
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "ops").rglob("*") if p.is_file()}
-    assert sources - named == set(), "files under csrc/ops missing from docs/architecture-ops.md"
-    assert named - sources == set(), "docs/architecture-ops.md names files that do not exist"
+    assert sources - named == set(), "files under csrc/ops missing from docs/architecture.md"
+    assert named - sources == set(), "docs/architecture.md names files that do not exist"
 
 
 def test_every_operator_source_file_has_a_row():
