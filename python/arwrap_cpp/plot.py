@@ -99,6 +99,9 @@ def plot_runs(paths, out, labels=None, size=(1400, 520), dpi=100, title=None) ->
     axes[1].set_title("loss against wall time")
     for ax in axes:
         ax.grid(alpha=0.3)
+    ln2 = 0.6931471805599453
+    right = axes[1].secondary_yaxis("right", functions=(lambda v: v / ln2, lambda v: v * ln2))
+    right.set_ylabel("bits per byte")
     axes[1].legend(fontsize=8, loc="upper right")
     if title:
         fig.suptitle(title)
