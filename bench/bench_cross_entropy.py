@@ -2,12 +2,16 @@
 
     python bench/bench_cross_entropy.py                  # the three shapes of the issue
     python bench/bench_cross_entropy.py --shapes 4096x256 --repeats 3
+    python bench/bench_cross_entropy.py --floor-only   # add the floor to the stored JSON
 
 Each (shape, contender) runs in its own process (so peak memory is its own), with
 the same thread count and environment. Time: median of --repeats forward+backward
 steps after a warm-up, torch.autograd.grad(loss, logits) (so no leaf accumulation
 copies the gradient). Memory: peak resident memory the step adds on top of its
-inputs. Writes bench/results/cross_entropy.{json,md}.
+inputs. The floor of each shape (`floor_time_s`) is the plainest pass that moves the bytes
+of the fused in-place step: the logits read once and written once (`mul_(1.0)` in place,
+as bench/bandwidth_floor.py), timed in its own process the same way. Writes
+bench/results/cross_entropy.{json,md} and the chart cross_entropy.png (bench/plot_results.py).
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ def child(args) -> None:
     rows, V = args.rows, args.vocab
     g = torch.Generator().manual_seed(0)
     source = torch.randn(rows, V, generator=g) * 2
+    if args.measure == "floor":  # the memory-traffic floor: read + write the logits once, in place
+        source.mul_(1.0)
+        print(json.dumps({"floor_time_s": median_time(lambda: source.mul_(1.0), args.repeats)}))
+        return
     target = torch.randint(0, V, (rows,), generator=g)
     target[torch.rand(rows, generator=g) < args.ignore_frac] = -100
     logits = source.clone().requires_grad_(True)
@@ -84,12 +92,39 @@ def child(args) -> None:
         print(json.dumps({"time_s": median_time(step, args.repeats, before_each=refill), "loss_rel_err": err}))
 
 
-def run_child(contender, rows, V, args):
+def run_child(contender, rows, V, args, measures=("time", "memory")):
     sys.path.insert(0, str(HERE))
     from _measure import run_isolated
 
     return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V, "--threads", args.threads,
-                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
+                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac], measures=measures)
+
+
+FLOOR_LABELS = {"time_s": "floor (read + write logits in place)"}
+
+
+def add_floor_only(args):
+    """Measures the floor of every shape of the stored results (args.out.json) and adds it there."""
+    from _measure import render_chart
+
+    path = Path(args.out).with_suffix(".json")
+    payload = json.loads(path.read_text())
+    shapes = sorted({(r["rows"], r["vocab"]) for r in payload["results"]})
+    for rows, V in shapes:
+        print(f"  {rows}x{V} floor ...", file=sys.stderr, flush=True)
+        f = run_child("floor", rows, V, args, measures=("floor",))
+        for r in payload["results"]:
+            if (r["rows"], r["vocab"]) == (rows, V) and "floor_time_s" in f:
+                r["floor_time_s"] = f["floor_time_s"]
+        print(f"  {rows}x{V}: {f}", file=sys.stderr)
+    import torch
+
+    payload["floor_labels"] = FLOOR_LABELS
+    payload.setdefault("env", {})["floor"] = {
+        "note": "measured after the contenders, by --floor-only", "threads": args.threads, "repeats": args.repeats,
+        "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")}
+    path.write_text(json.dumps(payload, indent=1))
+    render_chart(path)
 
 
 def main():
@@ -100,6 +135,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ignore-frac", type=float, default=0.05)
     ap.add_argument("--out", default=str(HERE / "results" / "cross_entropy"))
+    ap.add_argument("--floor-only", action="store_true",
+                    help="measure only the floor of the shapes in --out's JSON and add it there")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
     ap.add_argument("--contender", help=argparse.SUPPRESS)
@@ -114,14 +151,20 @@ def main():
     sys.path.insert(0, str(HERE))
     from _measure import write_results
 
+    if args.floor_only:
+        return add_floor_only(args)
     results = []
     for shape in args.shapes.split(","):
         rows, V = (int(v) for v in shape.lower().split("x"))
         logits_bytes = rows * V * 4
+        print(f"  {rows}x{V} floor ...", file=sys.stderr, flush=True)
+        floor = run_child("floor", rows, V, args, measures=("floor",))
         for c in args.contenders.split(","):
             print(f"  {rows}x{V} {c} ...", file=sys.stderr, flush=True)
             r = run_child(c, rows, V, args)
             r.update(rows=rows, vocab=V, contender=c, logits_bytes=logits_bytes)
+            if "floor_time_s" in floor:
+                r["floor_time_s"] = floor["floor_time_s"]
             results.append(r)
 
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
@@ -145,7 +188,10 @@ def main():
             lines.append(
                 f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {vs_eager} | {vs_xt} | {r['peak_extra_bytes'] / 2**20:.1f} | "
                 f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
-    write_results(args.out, lines, {"env": env, "results": results})
+        floor_t = next((r["floor_time_s"] for r in rs.values() if "floor_time_s" in r), None)
+        if floor_t is not None:
+            lines.append(f"| {rows}x{V} | floor: read + write logits in place | {floor_t * 1e3:.1f} | | | | | |")
+    write_results(args.out, lines, {"env": env, "results": results, "floor_labels": FLOOR_LABELS})
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ def main():
         N, D, V = (int(v) for v in shape.lower().split("x"))
         for c in args.contenders.split(","):
             print(f"  {shape} {c} ...", file=sys.stderr, flush=True)
-            r = {"n": N, "d": D, "v": V, "contender": c}
+            # the floor: grad_hidden + grad_weight, which any implementation must hold
+            r = {"n": N, "d": D, "v": V, "contender": c, "floor_peak_extra_bytes": (N * D + V * D) * 4}
             r.update(run_isolated(__file__, ["--contender", c, "--n", N, "--d", D, "--v", V, "--threads",
                                              args.threads, "--repeats", args.repeats]))
             results.append(r)
@@ -111,7 +112,8 @@ def main():
             lines.append(f"| {shape} | {c} | {r['time_s']:.2f} | {base / r['time_s'] if base else float('nan'):.2f}x | "
                          f"{r['peak_extra_bytes'] / 2**20:.0f} | {r['peak_extra_bytes'] / floor:.2f}x | "
                          f"{r['loss']:.5f} |")
-    write_results(args.out, lines, {"threads": args.threads, "results": results})
+    write_results(args.out, lines, {"threads": args.threads, "results": results,
+                                    "floor_labels": {"peak_extra_bytes": "grad_h + grad_W"}})
 
 
 if __name__ == "__main__":
