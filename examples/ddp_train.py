@@ -90,7 +90,8 @@ def train(args, rank: int, world_size: int, distributed: bool):
         model = DDP(model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses, rank_losses = [], []
-    metrics = MetricsWriter(args.metrics, enabled=rank == 0, world_size=world_size) if args.metrics else None
+    metrics = (MetricsWriter(args.metrics, enabled=rank == 0, world_size=world_size if distributed else None)
+               if args.metrics else None)
     t0 = t_step = time.time()
     for step in range(args.steps):
         x, lens = global_batch(args, step, world_size)
