@@ -538,6 +538,7 @@ int run(int argc, char** argv) {
     return 0;
   }
 
+  if (!a.metrics.empty()) a.metrics = std::filesystem::absolute(a.metrics).lexically_normal().string();  // for --resume
   train::MetricsWriter metrics(a.metrics.empty() ? train::default_metrics_path(a.checkpoint) : a.metrics, start_step,
                                ckpt.has_value());
   std::printf("metrics: %s\n", metrics.path().c_str());
