@@ -10,7 +10,7 @@ steps after a warm-up, torch.autograd.grad(loss, logits) (so no leaf accumulatio
 copies the gradient). Memory: peak resident memory the step adds on top of its
 inputs. The floor of each shape (`floor_time_s`) is the plainest pass that moves the bytes
 of the fused in-place step: the logits read once and written once (`mul_(1.0)` in place,
-as bench/bandwidth_floor.py), timed in its own process the same way. Writes
+as bench/bandwidth_floor.py), in its own process, the fastest of 20 passes (a lower bound). Writes
 bench/results/cross_entropy.{json,md} and the chart cross_entropy.png (bench/plot_results.py).
 """
 from __future__ import annotations
@@ -38,8 +38,15 @@ def child(args) -> None:
     g = torch.Generator().manual_seed(0)
     source = torch.randn(rows, V, generator=g) * 2
     if args.measure == "floor":  # the memory-traffic floor: read + write the logits once, in place
+        import time
+
         source.mul_(1.0)
-        print(json.dumps({"floor_time_s": median_time(lambda: source.mul_(1.0), args.repeats)}))
+        times = []
+        for _ in range(max(20, args.repeats)):  # a lower bound: the fastest of many, so a busy machine
+            t0 = time.perf_counter()            # inflates it less than a median
+            source.mul_(1.0)
+            times.append(time.perf_counter() - t0)
+        print(json.dumps({"floor_time_s": min(times)}))
         return
     target = torch.randint(0, V, (rows,), generator=g)
     target[torch.rand(rows, generator=g) < args.ignore_frac] = -100

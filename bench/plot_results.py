@@ -72,9 +72,19 @@ def _fmt_mem(b):
     return f"{b / 2**20:.4g} MB" if b < 2**30 else f"{b / 2**30:.3g} GB"
 
 
-def _bars(ax, names, values, errors, fmt, floor, floor_label, xlabel):
+TIME_UNITS = ((1.0, "s"), (1e-3, "ms"))
+MEM_UNITS = ((2**30, "GB"), (2**20, "MB"), (2**10, "kB"))
+
+
+def _bars(ax, names, raw, errors, fmt, floor, floor_label, xlabel, units=((1.0, ""),)):
+    """Horizontal bars of `raw` values (None: missing), drawn in the largest of `units` that the
+    biggest value reaches, labelled with fmt(raw value)."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    biggest = max([v for v in raw if v] + [floor or 0], default=0)
+    div, unit = next(((d, u) for d, u in units if biggest >= d), units[-1])
+    values = [v / div if v is not None else None for v in raw]
+    floor_raw, floor = floor, (floor / div if floor else None)
     ys = list(range(len(names)))[::-1]
     finite = [v for v in values if v is not None and v > 0]
     log = bool(finite) and max(finite) / min(finite) > 20
@@ -82,15 +92,17 @@ def _bars(ax, names, values, errors, fmt, floor, floor_label, xlabel):
     if log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v) if v > 0 else "0"))
-    for y, v, err in zip(ys, values, errors):
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if unit:
+        xlabel = f"{xlabel} ({unit})"
+    for y, v, r, err in zip(ys, values, raw, errors):
         if err:
             ax.text(0.01, y, f"error: {err[:50]}", va="center", ha="left", color="#c44e52", fontsize=8,
                     transform=ax.get_yaxis_transform())
         elif v is not None:
-            ax.text(v, y, " " + fmt(v), va="center", ha="left", fontsize=8)
+            ax.text(v, y, " " + fmt(r), va="center", ha="left", fontsize=8)
     if floor is not None and floor > 0:
-        ax.axvline(floor, color="#c44e52", ls="--", lw=1.3, label=f"{floor_label}: {fmt(floor)}")
+        ax.axvline(floor, color="#c44e52", ls="--", lw=1.3, label=f"{floor_label}: {fmt(floor_raw)}")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_yticks(ys)
     ax.set_yticklabels(names, fontsize=9)
@@ -129,13 +141,13 @@ def render(json_path, out=None, dpi=100) -> Path:
         times = [_first(r, TIME_KEYS) for r in rs]
         floor_t = next((r["floor_time_s"] for r in rs if r.get("floor_time_s")), None)
         _bars(axes[row][0], names, times, errors, _fmt_time, floor_t, labels.get("time_s", "floor"),
-              "time per step (forward + backward)")
+              "time per step (forward + backward)", TIME_UNITS)
         axes[row][0].set_title(f"{shape}: time", fontsize=10)
         if has_mem:
             mems = [_first(r, MEM_KEYS) for r in rs]
             floor_m = next((r["floor_peak_extra_bytes"] for r in rs if r.get("floor_peak_extra_bytes")), None)
             _bars(axes[row][1], names, mems, errors, _fmt_mem, floor_m, labels.get("peak_extra_bytes", "floor"),
-                  "peak extra memory")
+                  "peak extra memory", MEM_UNITS)
             axes[row][1].set_title(f"{shape}: peak memory", fontsize=10)
     if gen:
         names = list(gen)
