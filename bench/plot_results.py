@@ -160,7 +160,7 @@ def render(json_path, out=None, dpi=100) -> Path:
     threads = env.get("threads", payload.get("threads"))
     bits = [f"{threads} threads" if threads else None, env.get("torch"),
             f"THP_MEM_ALLOC_ENABLE={env['THP_MEM_ALLOC_ENABLE']}" if "THP_MEM_ALLOC_ENABLE" in env else None]
-    fig.suptitle(f"bench/results/{json_path.name}" + (f"  ({', '.join(b for b in bits if b)})" if any(bits) else ""),
+    fig.suptitle(json_path.name + (f"  ({', '.join(b for b in bits if b)})" if any(bits) else ""),
                  fontsize=11)
     fig.tight_layout()
     out = Path(out) if out else json_path.with_suffix(".png")
