@@ -40,9 +40,12 @@ endif()
 
 function(arwrap_distributed_configure target)
   if(_arwrap_with_distributed)
-    # gloo's headers are private: the public header arwrap/distributed.h needs none of them
-    target_include_directories(${target} PRIVATE "${ARWRAP_GLOO_INCLUDE_DIR}")
-    set_source_files_properties(csrc/distributed/gloo_backend.cpp PROPERTIES COMPILE_DEFINITIONS "USE_C10D_GLOO")
-    target_compile_definitions(${target} PUBLIC ARWRAP_WITH_DISTRIBUTED)
+    # gloo's headers, for the one file that includes ProcessGroupGloo.hpp; the public header
+    # arwrap/distributed.h needs none of them
+    set_source_files_properties(csrc/distributed/gloo_backend.cpp PROPERTIES
+      COMPILE_DEFINITIONS "USE_C10D_GLOO" INCLUDE_DIRECTORIES "${ARWRAP_GLOO_INCLUDE_DIR}")
+    # for consumers (#ifdef ARWRAP_WITH_DISTRIBUTED); our own sources pick the transport by file, so the
+    # other translation units keep their compile line (and their ccache entries)
+    target_compile_definitions(${target} INTERFACE ARWRAP_WITH_DISTRIBUTED)
   endif()
 endfunction()
