@@ -4,10 +4,13 @@
 //          without overlap, gradient accumulation, an unused parameter, a rank that runs no
 //          backward at all), the global-norm clip, the barrier. Prints "rank R of N: OK (K checks)".
 //   hang   rank 1 stops answering (sleeps); the others must fail within the timeout.
+//   bench BYTES REPS   times REPS all-reduces of a float32 buffer of BYTES after a barrier (for
+//          bench/bench_distributed.py): rank 0 prints the median milliseconds.
 // Launch: torchrun --no-python --nproc_per_node=2 dist_check check
 #include <arwrap/distributed.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -147,10 +150,27 @@ int check(const dist::ProcessGroup& pg) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   dist::InitOptions o;
-  if (argc > 2) o.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::stod(argv[2]) * 1000));
+  if (argc > 2 && mode != "bench") o.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::stod(argv[2]) * 1000));
   try {
     const auto pg = dist::init_from_env(o);
     if (mode == "check") return check(pg);
+    if (mode == "bench") {
+      const int64_t bytes = argc > 2 ? std::stoll(argv[2]) : 13'140'000, reps = argc > 3 ? std::stoll(argv[3]) : 20;
+      auto buf = torch::ones({bytes / 4});
+      std::vector<double> ms;
+      for (int64_t i = 0; i < reps + 2; ++i) {
+        pg.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        pg.all_reduce_sum(buf);
+        if (i >= 2) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ms.begin(), ms.end());
+      if (pg.rank() == 0)
+        std::printf("allreduce %lld bytes x %d ranks: median %.3f ms (min %.3f) over %lld\n",
+                    static_cast<long long>(bytes), pg.world_size(), ms[ms.size() / 2], ms.front(),
+                    static_cast<long long>(reps));
+      return 0;
+    }
     if (mode == "hang") {
       if (pg.rank() == 1) std::this_thread::sleep_for(std::chrono::hours(1));
       const auto t0 = std::chrono::steady_clock::now();

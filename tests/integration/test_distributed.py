@@ -104,6 +104,18 @@ def test_library_api_alone(dist_check):
     assert "dist_check: rank 0 of 1 (none): OK" in out
 
 
+def test_the_documented_example_trains_one_model_on_two_ranks(dist_check):
+    """docs/distributed.md's complete example (tests/cpp_distributed/ddp_example.cpp)."""
+    example = dist_check.parent / "ddp_example"
+    two = ok(torchrun(2, example))
+    ranks = dict(re.findall(r"rank (\d) of 2 \(gloo\): final loss [\d.]+, weight checksum (-?[\d.]+)", two))
+    assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"], two  # one model on both ranks
+    losses = [float(x) for x in re.findall(r"^step\s+\d+\s+loss ([\d.]+)", two, re.M)]
+    assert len(losses) == 5 and losses[-1] < 0.5 * losses[0], two
+    alone = ok(run1(example))
+    assert "rank 0 of 1 (none): final loss" in alone
+
+
 def test_library_hung_rank_fails_the_collective_within_the_timeout(dist_check):
     t0 = time.monotonic()
     proc = torchrun(2, dist_check, "hang", 4, timeout=120)
