@@ -13,12 +13,14 @@ if(NOT ARWRAP_WITH_DISTRIBUTED STREQUAL "OFF")
   find_path(ARWRAP_GLOO_INCLUDE_DIR gloo/algorithm.h DOC "directory that holds gloo/algorithm.h (libgloo-dev)")
   find_path(ARWRAP_C10D_INCLUDE_DIR torch/csrc/distributed/c10d/ProcessGroupGloo.hpp
             HINTS "${ARWRAP_TORCH_CONFIG_DIR}/../../../include" NO_CACHE)
-  if(NOT ARWRAP_GLOO_INCLUDE_DIR)
-    set(_arwrap_dist_missing "the gloo headers (gloo/algorithm.h): install them with `apt-get install libgloo-dev` "
-                             "(Debian/Ubuntu, as root; scripts/bootstrap.sh does it), or pass -DARWRAP_GLOO_INCLUDE_DIR=...")
+  if(NOT ARWRAP_GLOO_INCLUDE_DIR OR NOT EXISTS "${ARWRAP_GLOO_INCLUDE_DIR}/gloo/algorithm.h")
+    unset(ARWRAP_GLOO_INCLUDE_DIR CACHE)  # search again at the next configure (e.g. after apt-get)
+    string(CONCAT _arwrap_dist_missing "the gloo headers (gloo/algorithm.h) are missing: install them with "
+           "`apt-get install libgloo-dev` (Debian/Ubuntu, as root; scripts/bootstrap.sh does it), or pass "
+           "-DARWRAP_GLOO_INCLUDE_DIR=<dir holding gloo/algorithm.h>")
   elseif(NOT ARWRAP_C10D_INCLUDE_DIR)
-    set(_arwrap_dist_missing "torch's c10d headers (torch/csrc/distributed/c10d/ProcessGroupGloo.hpp): this torch was "
-                             "built without distributed support")
+    string(CONCAT _arwrap_dist_missing "torch's c10d headers (torch/csrc/distributed/c10d/ProcessGroupGloo.hpp) are "
+           "missing: this torch was built without distributed support")
   else()
     set(_arwrap_with_distributed ON)
   endif()
@@ -34,7 +36,7 @@ elseif(ARWRAP_WITH_DISTRIBUTED STREQUAL "OFF")
   message(STATUS "arwrap: distributed (c10d/Gloo): OFF (ARWRAP_WITH_DISTRIBUTED=OFF); one process only")
 else()
   set(ARWRAP_DISTRIBUTED_SOURCES ${_arwrap_dist_common} csrc/distributed/no_backend.cpp)
-  message(WARNING "arwrap: distributed (c10d/Gloo): OFF, missing ${_arwrap_dist_missing}. arwrap-train and "
+  message(WARNING "arwrap: distributed (c10d/Gloo): OFF, ${_arwrap_dist_missing}. arwrap-train and "
                   "arwrap::distributed then run one process only; a multi-process launch fails with this advice.")
 endif()
 
