@@ -125,19 +125,21 @@ std::pair<double, bool> DataParallel::agree(double loss, bool interrupted) {
   return {t[0].item<double>() / world_size(), t[1].item<double>() > 0};
 }
 
-std::string DataParallel::header() const {
+std::string DataParallel::header(int64_t tokens_per_rank) const {
   char buf[512];
+  const long long tokens = static_cast<long long>(global_tokens(tokens_per_rank));
   if (!pg_.is_distributed()) {
-    std::snprintf(buf, sizeof buf, "data parallel: world size 1 (one process%s)",
+    std::snprintf(buf, sizeof buf, "data parallel: world size 1 (one process%s), %lld tokens per step",
                   flags_.as_ranks > 1 ? (", drawing the windows of " + std::to_string(flags_.as_ranks) + " ranks").c_str()
-                                      : "");
+                                      : "",
+                  tokens);
     return buf;
   }
   std::snprintf(buf, sizeof buf,
-                "data parallel: world size %d, backend %s, global batch %d x --batch%s, gradient all-reduce %.2f MB/step "
-                "in %lld bucket%s (overlap %s), timeout %g s",
+                "data parallel: world size %d, backend %s, global batch %d x --batch%s = %lld tokens per step, gradient "
+                "all-reduce %.2f MB/step in %lld bucket%s (overlap %s), timeout %g s",
                 world_size(), pg_.backend().c_str(), static_cast<int>(shards()),
-                flags_.as_ranks > 1 ? (" (" + std::to_string(flags_.as_ranks) + " per process)").c_str() : "",
+                flags_.as_ranks > 1 ? (" (" + std::to_string(flags_.as_ranks) + " per process)").c_str() : "", tokens,
                 reducer_ ? static_cast<double>(reducer_->bytes_per_step()) / 1e6 : 0.0,
                 static_cast<long long>(reducer_ ? reducer_->num_buckets() : 0),
                 reducer_ && reducer_->num_buckets() == 1 ? "" : "s", flags_.overlap ? "on" : "off", flags_.timeout_s);

@@ -36,6 +36,8 @@ class DataParallel {
   bool is_main() const { return pg_.rank() == 0; }
   // windows per step over all ranks, in units of --batch x --accum
   int64_t shards() const { return static_cast<int64_t>(pg_.world_size()) * flags_.as_ranks; }
+  // the tokens of a step over all ranks (what tokens/s counts), from one rank's batch x accum x seq_len
+  int64_t global_tokens(int64_t per_rank) const { return per_rank * shards(); }
 
   // This process's window streams for a step: one per rank it draws for. Rank r's stream is
   // (seed, step, r); rank 0's is the one-process stream, so a 1-rank run is unchanged.
@@ -48,7 +50,7 @@ class DataParallel {
   // Sums the mean losses of the ranks (-> global mean) and ORs their interrupt flags.
   std::pair<double, bool> agree(double loss, bool interrupted);
 
-  std::string header() const;   // world size, backend, global batch, buckets, timeout
+  std::string header(int64_t tokens_per_rank) const;  // world size, backend, global batch, buckets, timeout
   std::string summary(double train_seconds, int64_t steps) const;  // communication time per step
 
  private:

@@ -528,7 +528,7 @@ int run(int argc, char** argv) {
               static_cast<long long>(a.accum), static_cast<long long>(seq_len), a.optimizer.c_str(), a.lr,
               static_cast<long long>(a.warmup), static_cast<long long>(a.seed),
               ckpt ? (", resumed from " + a.checkpoint).c_str() : "");
-  std::printf("%s\n", dp.header().c_str());
+  std::printf("%s\n", dp.header(a.batch * a.accum * seq_len).c_str());
   if (start_step >= a.steps) {
     std::printf("checkpoint %s is at step %lld and --steps is %lld: nothing to train (pass a larger --steps)\n",
                 a.checkpoint.c_str(), static_cast<long long>(start_step), static_cast<long long>(a.steps));
@@ -582,7 +582,7 @@ int run(int argc, char** argv) {
   auto t_log = t0;
   double train_seconds = 0, log_loss = 0;
   int64_t log_steps = 0;
-  const int64_t tokens_per_step = a.batch * a.accum * seq_len * dp.shards();  // all ranks
+  const int64_t tokens_per_step = dp.global_tokens(a.batch * a.accum * seq_len);  // all ranks
   int64_t step = start_step;
   while (step < a.steps) {
     ++step;

@@ -149,7 +149,7 @@ def test_two_ranks_train_as_one_process_on_the_concatenated_batch(trainer, corpu
     # one process drawing both ranks' windows (batch 2 x 4): the same weights
     one = tmp_path / "one.pt"
     out1 = ok(run1(trainer, "--data", corpus, *MODEL, *TRAIN, "--steps", 20, "--as-ranks", 2, "--checkpoint", one))
-    assert "data parallel: world size 1 (one process, drawing the windows of 2 ranks)" in out1
+    assert "data parallel: world size 1 (one process, drawing the windows of 2 ranks), 256 tokens per step" in out1
     two_w, one_w = ckpt.load_checkpoint(path)["model"], ckpt.load_checkpoint(one)["model"]
     assert max_rel_diff(two_w, one_w) <= 1e-5
     # the logged losses (the mean over ranks) agree too
@@ -162,13 +162,26 @@ def test_two_ranks_train_as_one_process_on_the_concatenated_batch(trainer, corpu
     assert max_rel_diff(ckpt.load_checkpoint(alone)["model"], one_w) > 1e-3
 
 
+def test_accumulation_and_many_buckets_train_as_one_process(trainer, corpus, tmp_path):
+    """--accum 3 (the all-reduce rides on the last micro-batch's backward) and 8 small buckets, all
+    started from backward: still the one-process weights of the concatenated micro-batches."""
+    args = ["--data", corpus, *MODEL, *TRAIN, "--batch", 2, "--accum", 3, "--steps", 12, "--bucket-mb", 0.02]
+    out = ok(torchrun(2, trainer, *args, "--checkpoint", tmp_path / "two.pt"))
+    assert re.search(r"in (\d+) buckets \(overlap on\)", out).group(1) == "8", out
+    assert re.search(r"\(8\.0 buckets/step from backward\)", out), out
+    ok(run1(trainer, *args, "--as-ranks", 2, "--checkpoint", tmp_path / "one.pt"))
+    two_w = ckpt.load_checkpoint(tmp_path / "two.pt")["model"]
+    assert max_rel_diff(two_w, ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= 1e-5
+
+
 def test_tokens_per_second_counts_every_rank(two_rank_run):
+    """The step's tokens that tok/s and tokens/s divide by the time: 2 ranks x batch 4 x 32 bytes."""
     _, out, _ = two_rank_run
-    # tokens per logged interval: 2 ranks x batch 4 x seq 32 per step; "done" reports the same count
-    m = re.search(r"^done: 20 steps in \S+ \((\d+) tokens/s training\)", out, re.M)
-    assert m, out
-    comm = re.search(r"^communication \(rank 0\): .* (\d+\.\d)% of the training time", out, re.M)
-    assert comm, out
+    assert re.search(r"^data parallel: world size 2, backend gloo, global batch 2 x --batch = 256 tokens per step",
+                     out, re.M), out
+    assert re.search(r"^done: 20 steps in \S+ \(\d+ tokens/s training\)", out, re.M), out
+    comm = re.search(r"^communication \(rank 0\): ([\d.]+) ms/step waiting .* ([\d.]+)% of the training time$", out, re.M)
+    assert comm and 0 < float(comm.group(2)) < 100, out
 
 
 def test_two_rank_checkpoint_resumes_on_one_and_on_two_ranks(trainer, corpus, two_rank_run, tmp_path):
