@@ -34,6 +34,8 @@ if ! "$VPY" -c "import scikit_build_core, ninja, cmake" 2>/dev/null; then
 fi
 "$VPY" -c "import torch" || { say "torch failed to import"; exit 1; }
 
+source "$ROOT/scripts/ensure_gloo.sh"  # libgloo-dev: c10d/Gloo data parallelism
+
 # ccache makes rebuilds take seconds; use it when the machine has it.
 if command -v ccache >/dev/null 2>&1; then
   export CMAKE_CXX_COMPILER_LAUNCHER=ccache

@@ -90,6 +90,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "arwrap_cpp native core (libarwrap)";
   m.attr("__version__") = ARWRAP_VERSION;
   m.def("built_with_cuda", &arwrap::built_with_cuda, "True when libarwrap has its CUDA kernels");
+  m.def("distributed_available", &arwrap::distributed::available,
+        "True when libarwrap has arwrap::distributed on c10d/Gloo (arwrap-train data parallelism)");
 
   // The native net's configuration string: parse + validate + print (ValueError on bad values).
   m.def("transformer_config", [](const std::string& config) {

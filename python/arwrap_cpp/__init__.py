@@ -33,6 +33,12 @@ def built_with_cuda() -> bool:
     return bool(_C.built_with_cuda())
 
 
+def distributed_available() -> bool:
+    """True when libarwrap was built with c10d/Gloo: arwrap-train and C++ programs run data-parallel
+    under torchrun (needs gloo's headers at build time: apt-get install libgloo-dev)."""
+    return bool(_C.distributed_available())
+
+
 __all__ = [
     "AutoregressiveWrapper",
     "TransformerWrapper",
@@ -47,4 +53,5 @@ __all__ = [
     "cmake_prefix_path",
     "library_path",
     "built_with_cuda",
+    "distributed_available",
 ]
