@@ -41,7 +41,7 @@ class PythonNet : public arwrap::Net {
     py::object r = call_(in.tokens, opt(in.self_attn_kv_mask), opt(in.prepend_embeds), in.return_attn_z_loss,
                          in.return_next_embed_pred, in.return_embeddings);
     auto tup = r.cast<py::tuple>();
-    TORCH_CHECK(tup.size() == 5, "PythonNet: the net adapter must return 5 values");
+    TORCH_CHECK(tup.size() == 5 || tup.size() == 7, "PythonNet: the net adapter must return 5 values (7 for a looped net)");
     auto tensor = [](const py::handle& h) { return h.is_none() ? at::Tensor() : h.cast<at::Tensor>(); };
     arwrap::NetOutputs out;
     (in.return_embeddings ? out.embeddings : out.logits) = tensor(tup[0]);
@@ -49,6 +49,10 @@ class PythonNet : public arwrap::Net {
     out.next_embed_pred = tensor(tup[2]);
     out.init_embeds = tensor(tup[3]);
     last_cache_ = py::reinterpret_borrow<py::object>(tup[4]);
+    if (tup.size() == 7) {  // a looped net: (..., exit_logits, all_pred_logits)
+      out.exit_logits = tensor(tup[5]);
+      out.all_pred_logits = tensor(tup[6]);
+    }
     return out;
   }
   bool output_is_log_prob() const override { return log_prob_; }
@@ -72,8 +76,13 @@ class PythonNet : public arwrap::Net {
 
 arwrap::ARWrapperOptions make_options(int64_t ignore_index, int64_t pad_value, double mask_prob,
                                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss,
-                                      double next_embed_loss_weight, bool fused_head = false) {
+                                      double next_embed_loss_weight, bool fused_head = false,
+                                      double looped_loss_threshold_exit = 0.05, double looped_loss_slope = 50.0,
+                                      double looped_exit_loss_weight = 1.0) {
   return arwrap::ARWrapperOptions()
+      .looped_loss_threshold_exit(looped_loss_threshold_exit)
+      .looped_loss_slope(looped_loss_slope)
+      .looped_exit_loss_weight(looped_exit_loss_weight)
       .fused_head(fused_head)
       .ignore_index(ignore_index)
       .pad_value(pad_value)
@@ -119,7 +128,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
                        std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,
                        std::optional<int64_t> mask_token_id, bool add_attn_z_loss, double next_embed_loss_weight,
-                       std::optional<at::Tensor> head_weight, std::optional<at::Tensor> head_bias, double head_scale) {
+                       std::optional<at::Tensor> head_weight, std::optional<at::Tensor> head_bias, double head_scale,
+                       double looped_loss_threshold_exit, double looped_loss_slope, double looped_exit_loss_weight) {
              std::optional<arwrap::LinearHead> head;
              if (head_weight.has_value()) {
                head = arwrap::LinearHead{*head_weight, head_bias.value_or(at::Tensor()), head_scale};
@@ -129,12 +139,15 @@ PYBIND11_MODULE(_C, m) {
                                                     num_tokens, std::move(head));
              return std::make_shared<arwrap::ARWrapperImpl>(
                  net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, add_attn_z_loss,
-                                   next_embed_loss_weight, fused));
+                                   next_embed_loss_weight, fused, looped_loss_threshold_exit, looped_loss_slope,
+                                   looped_exit_loss_weight));
            }),
            py::arg("call"), py::arg("output_is_log_prob"), py::arg("add_continuous_pred_head"), py::arg("num_tokens"),
            py::arg("ignore_index"), py::arg("pad_value"), py::arg("mask_prob"), py::arg("mask_token_id"),
            py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"), py::arg("head_weight") = py::none(),
-           py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0)
+           py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0,
+           py::arg("looped_loss_threshold_exit") = 0.05, py::arg("looped_loss_slope") = 50.0,
+           py::arg("looped_exit_loss_weight") = 1.0)
       .def_static(
           "from_script_module",
           [](py::object script_module, int64_t ignore_index, int64_t pad_value, double mask_prob,
