@@ -107,22 +107,75 @@ PYBIND11_MODULE(_C, m) {
     const auto o = arwrap::TransformerWrapperOptions::parse(config);
     return py::make_tuple(o.parameter_names(), o.parameter_shapes(), o.rotary_dim());
   });
+  // generate / beam_search of the native net (decoding.cpp); the sampling options as keywords
+  auto sampling = [](double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k,
+                     double top_k_frac, double top_p, double min_p, double top_a_pow, double top_a_ratio,
+                     std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
+                     std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len) {
+    arwrap::GenerateOptions g;
+    g.temperature(temperature).filter_logits_fn(filter_logits_fn).top_k(top_k).top_k_frac(top_k_frac);
+    g.top_p(top_p).min_p(min_p).top_a_pow(top_a_pow).top_a_ratio(top_a_ratio).eos_token(eos_token);
+    g.pad_value(pad_value).cache_kv(cache_kv).prompt_lens(prompt_lens).restrict_to_max_seq_len(restrict_to_max_seq_len);
+    return g;
+  };
   m.def(
       "generate",
-      [](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts, int64_t seq_len,
-         double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k, double top_k_frac,
-         double top_p, double min_p, std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
-         std::optional<at::Generator> generator) {
+      [sampling](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts,
+                 int64_t seq_len, double temperature, const std::string& filter_logits_fn,
+                 std::optional<int64_t> top_k, double top_k_frac, double top_p, double min_p, double top_a_pow,
+                 double top_a_ratio, std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
+                 std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len,
+                 std::vector<std::string> amateur_configs, std::vector<std::vector<at::Tensor>> amateur_weights,
+                 std::vector<double> contrastive_alpha, std::vector<double> contrastive_beta,
+                 std::optional<at::Generator> generator) {
         const auto o = arwrap::TransformerWrapperOptions::parse(config);
-        arwrap::GenerateOptions g;
-        g.temperature(temperature).filter_logits_fn(filter_logits_fn).top_k(top_k).top_k_frac(top_k_frac);
-        g.top_p(top_p).min_p(min_p).eos_token(eos_token).pad_value(pad_value).cache_kv(cache_kv);
+        arwrap::GenerateOptions g = sampling(temperature, filter_logits_fn, top_k, top_k_frac, top_p, min_p, top_a_pow,
+                                             top_a_ratio, eos_token, pad_value, cache_kv, prompt_lens,
+                                             restrict_to_max_seq_len);
+        TORCH_CHECK_VALUE(amateur_weights.size() == amateur_configs.size() &&
+                              contrastive_alpha.size() == amateur_configs.size() &&
+                              contrastive_beta.size() == amateur_configs.size(),
+                          "generate: one config, weight list, alpha and beta per amateur model");
+        std::vector<arwrap::ContrastiveAmateur> amateurs;
+        for (size_t i = 0; i < amateur_configs.size(); ++i) {
+          amateurs.push_back({arwrap::TransformerWrapperOptions::parse(amateur_configs[i]), amateur_weights[i],
+                              contrastive_alpha[i], contrastive_beta[i]});
+        }
+        g.amateurs(std::move(amateurs));
         py::gil_scoped_release release;
         return arwrap::generate(o, weights, prompts, seq_len, g, generator);
       },
-      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature"),
-      py::arg("filter_logits_fn"), py::arg("top_k"), py::arg("top_k_frac"), py::arg("top_p"), py::arg("min_p"),
-      py::arg("eos_token"), py::arg("pad_value"), py::arg("cache_kv"), py::arg("generator") = py::none());
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature") = 1.0,
+      py::kw_only(), py::arg("filter_logits_fn") = "top_k", py::arg("top_k") = py::none(),
+      py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1, py::arg("top_a_pow") = 2.0,
+      py::arg("top_a_ratio") = 0.02, py::arg("eos_token") = py::none(), py::arg("pad_value") = 0,
+      py::arg("cache_kv") = true, py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("amateur_configs") = std::vector<std::string>{},
+      py::arg("amateur_weights") = std::vector<std::vector<at::Tensor>>{},
+      py::arg("contrastive_alpha") = std::vector<double>{}, py::arg("contrastive_beta") = std::vector<double>{},
+      py::arg("generator") = py::none());
+  m.def(
+      "beam_search",
+      [sampling](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts,
+                 int64_t seq_len, int64_t beams, double temperature, bool stochastic,
+                 const std::string& filter_logits_fn, std::optional<int64_t> top_k, double top_k_frac, double top_p,
+                 double min_p, double top_a_pow, double top_a_ratio, int64_t pad_value, bool cache_kv,
+                 std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len,
+                 std::optional<at::Generator> generator) {
+        const auto o = arwrap::TransformerWrapperOptions::parse(config);
+        arwrap::BeamSearchOptions bo;
+        bo.beams(beams).stochastic(stochastic);
+        bo.sampling(sampling(temperature, filter_logits_fn, top_k, top_k_frac, top_p, min_p, top_a_pow, top_a_ratio,
+                             std::nullopt, pad_value, cache_kv, prompt_lens, restrict_to_max_seq_len));
+        py::gil_scoped_release release;
+        return arwrap::beam_search(o, weights, prompts, seq_len, bo, generator);
+      },
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("beams") = 4,
+      py::arg("temperature") = 1.0, py::arg("stochastic") = false, py::kw_only(), py::arg("filter_logits_fn") = "none",
+      py::arg("top_k") = py::none(), py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1,
+      py::arg("top_a_pow") = 2.0, py::arg("top_a_ratio") = 0.02, py::arg("pad_value") = 0, py::arg("cache_kv") = true,
+      py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("generator") = py::none());
 
   py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,

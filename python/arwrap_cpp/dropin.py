@@ -187,8 +187,8 @@ def _native_filter(where, filter_logits_fn, filter_kwargs, default="top_k"):
 def _sampling_options(fn, fk):
     """The C++ GenerateOptions fields, as a dict for _C."""
     k = fk.get("k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"generate: filter_kwargs k must be an int >= 1, got {k!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise ValueError(f"generate: filter_kwargs k must be an int, got {k!r}")
     return dict(filter_logits_fn=fn, top_k=k, top_k_frac=float(fk.get("frac_num_tokens", 0.1)),
                 top_p=float(fk.get("thres", 0.9)), min_p=float(fk.get("min_p", 0.1)),
                 top_a_pow=float(fk.get("min_p_pow", 2.0)), top_a_ratio=float(fk.get("min_p_ratio", 0.02)))
@@ -268,8 +268,7 @@ def beam_search_native(wrapper, prompts, seq_len, *, beams, return_beams_and_sco
     finally:
         net.train(was_training)
     # C++ returns (batch, beams, seq_len) / (batch, beams), best first, like x-transformers before its rearrange
-    if prompts.dim() == 1:
-        out, scores = out.squeeze(0), scores.squeeze(0)
+    if prompts.dim() == 1:  # C++ gives (beams, seq_len), (beams)
         if not return_beams_and_scores:
             return out[0]
         return out, scores

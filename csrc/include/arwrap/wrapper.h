@@ -35,6 +35,9 @@ struct NetInputs {
   bool return_attn_z_loss = false;    // the net must fill NetOutputs::attn_z_loss
   bool return_next_embed_pred = false;  // ... and next_embed_pred / init_embeds
   bool return_embeddings = false;     // fused head: the final embeddings instead of the logits
+  // (b,) int64: left-padded rows start at seq_start_pos (x-transformers' generate with
+  // prompt_lens): earlier keys are masked, absolute positions count from it; undefined if none
+  at::Tensor seq_start_pos;
 };
 
 struct NetOutputs {
