@@ -6,6 +6,7 @@ the call to the wrapped Python net.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -63,8 +64,11 @@ class AutoregressiveWrapper(nn.Module):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"AutoregressiveWrapper: net must be an nn.Module, got {type(net).__name__}")
-        if not (0.0 <= float(mask_prob) < 1.0):
-            raise ValueError(f"AutoregressiveWrapper: mask_prob must be in [0, 1), got {mask_prob}")
+        _C.validate_wrapper_options(float(mask_prob), float(next_embed_loss_weight))
+        for name, value in (("looped_loss_threshold_exit", looped_loss_threshold_exit),
+                            ("looped_loss_slope", looped_loss_slope), ("looped_exit_loss_weight", looped_exit_loss_weight)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"AutoregressiveWrapper: {name} must be a finite number, got {value!r}")
         self.net = net
         self.max_seq_len = getattr(net, "max_seq_len", None)
         self.ignore_index = int(ignore_index)
