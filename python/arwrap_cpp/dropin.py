@@ -82,7 +82,7 @@ def _filter_name(fn):
 
 def _check_common(where: str, seq_len, temperature, filter_logits_fn, filter_kwargs):
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"{where}: seq_len must be an int >= 0, got {seq_len!r}")
+        raise ValueError(f"{where}: seq_len must be >= 0 (an int), got {seq_len!r}")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
         raise ValueError(f"{where}: temperature must be a number >= 0, got {temperature!r}")
     if isinstance(filter_logits_fn, str) and filter_logits_fn not in FILTERS:
