@@ -172,9 +172,8 @@ def test_beam_scores_are_the_log_probabilities_of_the_beams():
     assert (scores[0] >= g - 1e-5).all()
 
 
-def test_beam_search_cpp_module_api():
-    """The C++ module's beam_search (TransformerWrapperImpl::beam_search) is what the Python one calls:
-    a 1-D prompt gives (beams, seq_len)."""
+def test_beam_search_of_a_prompt_without_batch_dimension():
+    """A 1-D prompt gives (beams, seq_len) and (beams,) (arwrap::beam_search squeezes the batch)."""
     _, ours = make_pair()
     w = AutoregressiveWrapper(ours)
     prompt = torch.randint(0, V, (4,))
