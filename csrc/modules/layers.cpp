@@ -104,7 +104,9 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     mk = k.size(2);
   }
   at::Tensor a;
-  if (mk == m) {
+  if (ctx.pad_bias.defined()) {
+    a = at::scaled_dot_product_attention(q, k, v, ctx.pad_bias, ctx.dropout, false, ctx.scale);
+  } else if (mk == m) {
     a = at::scaled_dot_product_attention(q, k, v, ctx.sdpa_mask, ctx.dropout, ctx.causal, ctx.scale);
   } else if (m == 1) {  // one new position sees the whole cache
     a = at::scaled_dot_product_attention(q, k, v, std::nullopt, ctx.dropout, false, ctx.scale);

@@ -45,6 +45,9 @@ struct AttentionContext {
   std::optional<at::Tensor> sdpa_mask;  // (b, 1, m, m) bool when a key mask is given
   bool causal = true;
   at::Tensor key_mask;                  // (b, m) true = kept, or undefined
+  // left-padded prompts (NetInputs::seq_start_pos): (b, 1, m, keys) added to the scores, a large
+  // finite negative before each row's start (and above the diagonal), or undefined
+  at::Tensor pad_bias;
   Rotary rotary;                        // undefined tensors without rotary embeddings
   double scale = 1.0;
   double dropout = 0.0;

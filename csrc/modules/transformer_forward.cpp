@@ -39,7 +39,9 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
   if (o.use_abs_pos_emb()) {
     TORCH_CHECK_VALUE(offset + n <= o.max_seq_len(), "TransformerWrapper: sequence length ", offset + n,
                       " exceeds max_seq_len=", o.max_seq_len(), " of the absolute positional embedding");
-    const at::Tensor pos = at::arange(offset, offset + n, tokens.options());
+    at::Tensor pos = at::arange(offset, offset + n, tokens.options());
+    // left-padded prompts: positions count from each row's seq_start_pos (x-transformers' clamp at 0)
+    if (in.seq_start_pos.defined()) pos = (pos.unsqueeze(0) - in.seq_start_pos.to(at::kLong).unsqueeze(1)).clamp_min(0);
     x = x + at::embedding(W.pos_emb, pos) * (1.0 / std::sqrt(static_cast<double>(D)));
   }
   int64_t p = 0;
@@ -63,6 +65,19 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
     const at::Tensor c = at::ones({m, m}, ctx.key_mask.options()).tril();
     ctx.sdpa_mask = c.unsqueeze(0).unsqueeze(0).logical_and(ctx.key_mask.unsqueeze(1).unsqueeze(1));  // (b, 1, m, m)
     ctx.causal = false;
+  }
+  // Left-padded prompts (generate's prompt_lens): keys before seq_start_pos are masked with a large
+  // finite negative, as x-transformers does, so a row that sees only padding stays finite.
+  if (in.seq_start_pos.defined()) {
+    TORCH_CHECK_VALUE(in.seq_start_pos.dim() == 1 && in.seq_start_pos.size(0) == b,
+                      "TransformerWrapper: seq_start_pos must be (batch=", b, "), got ", in.seq_start_pos.sizes());
+    const int64_t before = cache ? cache->length : 0, keys = before + m;
+    const at::Tensor kept =
+        at::arange(keys, tokens.options()).unsqueeze(0).ge(in.seq_start_pos.to(at::kLong).unsqueeze(1));
+    at::Tensor allowed = at::ones({m, keys}, kept.options()).tril(before).unsqueeze(0).logical_and(kept.unsqueeze(1));
+    if (ctx.key_mask.defined()) allowed = allowed.logical_and(ctx.key_mask.unsqueeze(1));
+    const double neg = x.scalar_type() == at::kHalf ? -65504.0 : -1e30;
+    ctx.pad_bias = at::zeros(allowed.sizes(), x.options()).masked_fill(allowed.logical_not(), neg).unsqueeze(1);
   }
   const at::Tensor init_embeds = x;
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), true);

@@ -1,5 +1,6 @@
 // arwrap::ARWrapper: AutoregressiveWrapper.forward of x-transformers 2.31.10, in C++.
 #include <arwrap/wrapper.h>
+#include <arwrap/autoregressive_loss.h>
 
 #include <ATen/ATen.h>
 
@@ -18,6 +19,12 @@ void ARWrapperOptions::validate() const {
                     "ARWrapper: mask_prob must be in [0, 1), got ", mask_prob());
   TORCH_CHECK_VALUE(std::isfinite(next_embed_loss_weight()), "ARWrapper: next_embed_loss_weight must be finite, got ",
                     next_embed_loss_weight());
+  TORCH_CHECK_VALUE(std::isfinite(looped_loss_threshold_exit()),
+                    "ARWrapper: looped_loss_threshold_exit must be finite, got ", looped_loss_threshold_exit());
+  TORCH_CHECK_VALUE(std::isfinite(looped_loss_slope()), "ARWrapper: looped_loss_slope must be finite, got ",
+                    looped_loss_slope());
+  TORCH_CHECK_VALUE(std::isfinite(looped_exit_loss_weight()), "ARWrapper: looped_exit_loss_weight must be finite, got ",
+                    looped_exit_loss_weight());
 }
 
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module,
@@ -50,18 +57,6 @@ void check_vocabulary(const at::Tensor& x, const std::optional<at::Tensor>& lens
     TORCH_CHECK_INDEX(false, "ARWrapper: x holds token id ", x[i][j].item<int64_t>(), " at x[", i, ", ", j,
                       "], outside the net's vocabulary [0, ", V, ")");
   }
-}
-
-// F.nll_loss over log-probabilities (..., V) with ignore_index; 0 when all are ignored.
-at::Tensor nll_loss(const at::Tensor& logp, const at::Tensor& target, int64_t ignore_index) {
-  const at::Tensor valid = target.ne(ignore_index);
-  const at::Tensor t = at::where(valid, target, at::zeros_like(target));
-  const int64_t V = logp.size(-1);
-  const at::Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
-  TORCH_CHECK_INDEX(!bad.any().item<bool>(), "ARWrapper: target must be in [0, ", V, ") or ignore_index");
-  const at::Tensor picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
-  const at::Tensor count = valid.sum().clamp_min(1);
-  return -(picked.to(at::kFloat) * valid).sum() / count;
 }
 
 }  // namespace
@@ -116,60 +111,47 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   NetOutputs out = net_->forward(in);
 
   const int64_t m = in.tokens.size(1);
+  const at::Tensor& main = fused ? out.embeddings : out.logits;
+  TORCH_CHECK(main.defined() && main.dim() == 3 && main.size(0) == b && main.size(1) == p + m,
+              "ARWrapper: the net must return ", fused ? "embeddings" : "logits", " of shape (batch=", b,
+              ", prepend_len + seq_len = ", p + m, fused ? ", dim" : ", num_tokens", "), got ",
+              main.defined() ? c10::str(main.sizes()) : std::string("nothing"));
+  TORCH_CHECK(!o.add_attn_z_loss() || out.attn_z_loss.defined(),
+              "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
+  TORCH_CHECK(!continuous || (out.next_embed_pred.defined() && out.init_embeds.defined()),
+              "ARWrapper: the net has a continuous prediction head but returned no next_embed_pred/init_embeds");
+
+  // The loss after the net: one implementation (autoregressive_loss.cpp) for this eager path
+  // and for the Python wrapper under torch.compile.
+  AutoregressiveLossInputs li;
+  li.output = main;
+  li.target = s.target;
   if (fused) {
-    TORCH_CHECK(out.embeddings.defined() && out.embeddings.dim() == 3 && out.embeddings.size(0) == b &&
-                    out.embeddings.size(1) == p + m,
-                "ARWrapper: fused_head: the net must return embeddings of shape (batch=", b,
-                ", prepend_len + seq_len = ", p + m, ", dim), got ",
-                out.embeddings.defined() ? c10::str(out.embeddings.sizes()) : std::string("nothing"));
-    at::Tensor hidden = out.embeddings.narrow(1, p, n);
-    if (head->scale != 1.0) hidden = hidden * head->scale;
-    std::optional<at::Tensor> bias;
-    if (head->bias.defined()) bias = head->bias;
-    at::Tensor loss = linear_cross_entropy(hidden, head->weight, s.target, bias,
-                                           LinearCrossEntropyOptions().ignore_index(o.ignore_index()));
-    if (o.add_attn_z_loss()) {
-      TORCH_CHECK(out.attn_z_loss.defined(), "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
-      loss = loss + out.attn_z_loss;
-    }
-    TORCH_CHECK(!continuous, "ARWrapper: fused_head does not support a continuous prediction head");
+    li.head_weight = head->weight;
+    li.head_bias = head->bias;
+  }
+  if (o.add_attn_z_loss()) li.attn_z_loss = out.attn_z_loss;
+  if (continuous) {
+    li.next_embed_pred = out.next_embed_pred;
+    li.init_embeds = out.init_embeds;
+  }
+  li.exit_logits = out.exit_logits;
+  li.all_pred_logits = out.all_pred_logits;
+  AutoregressiveLossOptions lo;
+  // Without return_outputs nobody needs the logits after the loss: write the
+  // gradient over them, so a training step holds one logits tensor, not three.
+  lo.prepend_len(p).ignore_index(o.ignore_index()).output_is_log_prob(net_->output_is_log_prob());
+  lo.inplace_backward(!args.return_outputs()).head_scale(fused ? head->scale : 1.0);
+  lo.next_embed_loss_weight(o.next_embed_loss_weight()).looped_loss_threshold_exit(o.looped_loss_threshold_exit());
+  lo.looped_loss_slope(o.looped_loss_slope()).looped_exit_loss_weight(o.looped_exit_loss_weight());
+  at::Tensor loss = autoregressive_loss(li, lo);
+  if (fused) {
     AROutput r;
     r.loss = loss;
     return r;
   }
-  TORCH_CHECK(out.logits.defined() && out.logits.dim() == 3 && out.logits.size(0) == b &&
-                  out.logits.size(1) == p + m,
-              "ARWrapper: the net must return logits of shape (batch=", b, ", prepend_len + seq_len = ", p + m,
-              ", num_tokens), got ", out.logits.defined() ? c10::str(out.logits.sizes()) : std::string("nothing"));
   // cut the prepended positions (and the last position when it was fed)
   at::Tensor logits = out.logits.narrow(1, p, n);
-
-  at::Tensor loss;
-  if (net_->output_is_log_prob()) {
-    loss = nll_loss(logits, s.target, o.ignore_index());
-  } else {
-    // Without return_outputs nobody needs the logits after the loss: write the
-    // gradient over them, so a training step holds one logits tensor, not three.
-    loss = cross_entropy(logits, s.target,
-                         CrossEntropyOptions().ignore_index(o.ignore_index()).inplace_backward(!args.return_outputs()));
-  }
-
-  if (o.add_attn_z_loss()) {
-    TORCH_CHECK(out.attn_z_loss.defined(), "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
-    loss = loss + out.attn_z_loss;
-  }
-  if (continuous) {
-    TORCH_CHECK(out.next_embed_pred.defined() && out.init_embeds.defined(),
-                "ARWrapper: the net has a continuous prediction head but returned no next_embed_pred/init_embeds");
-    const at::Tensor valid = s.target.ne(o.ignore_index()).unsqueeze(-1);
-    const at::Tensor pred = out.next_embed_pred.narrow(1, p, n);
-    const at::Tensor tgt = out.init_embeds.narrow(1, p + 1, n).detach();
-    const at::Tensor l1 = (pred - tgt).abs();
-    const int64_t d = l1.size(-1);
-    const at::Tensor denom = (valid.sum() * d).clamp_min(1);
-    const at::Tensor cont = at::where(valid, l1, at::zeros_like(l1)).sum() / denom;
-    loss = loss + cont * o.next_embed_loss_weight();
-  }
 
   AROutput r;
   r.loss = loss;

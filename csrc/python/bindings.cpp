@@ -42,7 +42,7 @@ class PythonNet : public arwrap::Net {
     py::object r = call_(in.tokens, opt(in.self_attn_kv_mask), opt(in.prepend_embeds), in.return_attn_z_loss,
                          in.return_next_embed_pred, in.return_embeddings);
     auto tup = r.cast<py::tuple>();
-    TORCH_CHECK(tup.size() == 5, "PythonNet: the net adapter must return 5 values");
+    TORCH_CHECK(tup.size() == 5 || tup.size() == 7, "PythonNet: the net adapter must return 5 values (7 for a looped net)");
     auto tensor = [](const py::handle& h) { return h.is_none() ? at::Tensor() : h.cast<at::Tensor>(); };
     arwrap::NetOutputs out;
     (in.return_embeddings ? out.embeddings : out.logits) = tensor(tup[0]);
@@ -50,6 +50,10 @@ class PythonNet : public arwrap::Net {
     out.next_embed_pred = tensor(tup[2]);
     out.init_embeds = tensor(tup[3]);
     last_cache_ = py::reinterpret_borrow<py::object>(tup[4]);
+    if (tup.size() == 7) {  // a looped net: (..., exit_logits, all_pred_logits)
+      out.exit_logits = tensor(tup[5]);
+      out.all_pred_logits = tensor(tup[6]);
+    }
     return out;
   }
   bool output_is_log_prob() const override { return log_prob_; }
@@ -73,8 +77,13 @@ class PythonNet : public arwrap::Net {
 
 arwrap::ARWrapperOptions make_options(int64_t ignore_index, int64_t pad_value, double mask_prob,
                                       std::optional<int64_t> mask_token_id, bool add_attn_z_loss,
-                                      double next_embed_loss_weight, bool fused_head = false) {
+                                      double next_embed_loss_weight, bool fused_head = false,
+                                      double looped_loss_threshold_exit = 0.05, double looped_loss_slope = 50.0,
+                                      double looped_exit_loss_weight = 1.0) {
   return arwrap::ARWrapperOptions()
+      .looped_loss_threshold_exit(looped_loss_threshold_exit)
+      .looped_loss_slope(looped_loss_slope)
+      .looped_exit_loss_weight(looped_exit_loss_weight)
       .fused_head(fused_head)
       .ignore_index(ignore_index)
       .pad_value(pad_value)
@@ -114,22 +123,75 @@ PYBIND11_MODULE(_C, m) {
   m.def("transformer_rotary_inv_freq", [](const std::string& config) {
     return arwrap::TransformerWrapperOptions::parse(config).rotary_inv_freq();
   });
+  // generate / beam_search of the native net (generate.cpp, beam_search.cpp); the sampling options as keywords
+  auto sampling = [](double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k,
+                     double top_k_frac, double top_p, double min_p, double top_a_pow, double top_a_ratio,
+                     std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
+                     std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len) {
+    arwrap::GenerateOptions g;
+    g.temperature(temperature).filter_logits_fn(filter_logits_fn).top_k(top_k).top_k_frac(top_k_frac);
+    g.top_p(top_p).min_p(min_p).top_a_pow(top_a_pow).top_a_ratio(top_a_ratio).eos_token(eos_token);
+    g.pad_value(pad_value).cache_kv(cache_kv).prompt_lens(prompt_lens).restrict_to_max_seq_len(restrict_to_max_seq_len);
+    return g;
+  };
   m.def(
       "generate",
-      [](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts, int64_t seq_len,
-         double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k, double top_k_frac,
-         double top_p, double min_p, std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
-         std::optional<at::Generator> generator) {
+      [sampling](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts,
+                 int64_t seq_len, double temperature, const std::string& filter_logits_fn,
+                 std::optional<int64_t> top_k, double top_k_frac, double top_p, double min_p, double top_a_pow,
+                 double top_a_ratio, std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
+                 std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len,
+                 std::vector<std::string> amateur_configs, std::vector<std::vector<at::Tensor>> amateur_weights,
+                 std::vector<double> contrastive_alpha, std::vector<double> contrastive_beta,
+                 std::optional<at::Generator> generator) {
         const auto o = arwrap::TransformerWrapperOptions::parse(config);
-        arwrap::GenerateOptions g;
-        g.temperature(temperature).filter_logits_fn(filter_logits_fn).top_k(top_k).top_k_frac(top_k_frac);
-        g.top_p(top_p).min_p(min_p).eos_token(eos_token).pad_value(pad_value).cache_kv(cache_kv);
+        arwrap::GenerateOptions g = sampling(temperature, filter_logits_fn, top_k, top_k_frac, top_p, min_p, top_a_pow,
+                                             top_a_ratio, eos_token, pad_value, cache_kv, prompt_lens,
+                                             restrict_to_max_seq_len);
+        TORCH_CHECK_VALUE(amateur_weights.size() == amateur_configs.size() &&
+                              contrastive_alpha.size() == amateur_configs.size() &&
+                              contrastive_beta.size() == amateur_configs.size(),
+                          "generate: one config, weight list, alpha and beta per amateur model");
+        std::vector<arwrap::ContrastiveAmateur> amateurs;
+        for (size_t i = 0; i < amateur_configs.size(); ++i) {
+          amateurs.push_back({arwrap::TransformerWrapperOptions::parse(amateur_configs[i]), amateur_weights[i],
+                              contrastive_alpha[i], contrastive_beta[i]});
+        }
+        g.amateurs(std::move(amateurs));
         py::gil_scoped_release release;
         return arwrap::generate(o, weights, prompts, seq_len, g, generator);
       },
-      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature"),
-      py::arg("filter_logits_fn"), py::arg("top_k"), py::arg("top_k_frac"), py::arg("top_p"), py::arg("min_p"),
-      py::arg("eos_token"), py::arg("pad_value"), py::arg("cache_kv"), py::arg("generator") = py::none());
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature") = 1.0,
+      py::kw_only(), py::arg("filter_logits_fn") = "top_k", py::arg("top_k") = py::none(),
+      py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1, py::arg("top_a_pow") = 2.0,
+      py::arg("top_a_ratio") = 0.02, py::arg("eos_token") = py::none(), py::arg("pad_value") = 0,
+      py::arg("cache_kv") = true, py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("amateur_configs") = std::vector<std::string>{},
+      py::arg("amateur_weights") = std::vector<std::vector<at::Tensor>>{},
+      py::arg("contrastive_alpha") = std::vector<double>{}, py::arg("contrastive_beta") = std::vector<double>{},
+      py::arg("generator") = py::none());
+  m.def(
+      "beam_search",
+      [sampling](const std::string& config, std::vector<at::Tensor> weights, const at::Tensor& prompts,
+                 int64_t seq_len, int64_t beams, double temperature, bool stochastic,
+                 const std::string& filter_logits_fn, std::optional<int64_t> top_k, double top_k_frac, double top_p,
+                 double min_p, double top_a_pow, double top_a_ratio, int64_t pad_value, bool cache_kv,
+                 std::optional<at::Tensor> prompt_lens, bool restrict_to_max_seq_len,
+                 std::optional<at::Generator> generator) {
+        const auto o = arwrap::TransformerWrapperOptions::parse(config);
+        arwrap::BeamSearchOptions bo;
+        bo.beams(beams).stochastic(stochastic);
+        bo.sampling(sampling(temperature, filter_logits_fn, top_k, top_k_frac, top_p, min_p, top_a_pow, top_a_ratio,
+                             std::nullopt, pad_value, cache_kv, prompt_lens, restrict_to_max_seq_len));
+        py::gil_scoped_release release;
+        return arwrap::beam_search(o, weights, prompts, seq_len, bo, generator);
+      },
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("beams") = 4,
+      py::arg("temperature") = 1.0, py::arg("stochastic") = false, py::kw_only(), py::arg("filter_logits_fn") = "none",
+      py::arg("top_k") = py::none(), py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1,
+      py::arg("top_a_pow") = 2.0, py::arg("top_a_ratio") = 0.02, py::arg("pad_value") = 0, py::arg("cache_kv") = true,
+      py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("generator") = py::none());
 
   // arwrap-train's corpus reader (arwrap::read_corpus): the same bytes in Python.
   m.def(
@@ -153,7 +215,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
                        std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,
                        std::optional<int64_t> mask_token_id, bool add_attn_z_loss, double next_embed_loss_weight,
-                       std::optional<at::Tensor> head_weight, std::optional<at::Tensor> head_bias, double head_scale) {
+                       std::optional<at::Tensor> head_weight, std::optional<at::Tensor> head_bias, double head_scale,
+                       double looped_loss_threshold_exit, double looped_loss_slope, double looped_exit_loss_weight) {
              std::optional<arwrap::LinearHead> head;
              if (head_weight.has_value()) {
                head = arwrap::LinearHead{*head_weight, head_bias.value_or(at::Tensor()), head_scale};
@@ -163,12 +226,15 @@ PYBIND11_MODULE(_C, m) {
                                                     num_tokens, std::move(head));
              return std::make_shared<arwrap::ARWrapperImpl>(
                  net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, add_attn_z_loss,
-                                   next_embed_loss_weight, fused));
+                                   next_embed_loss_weight, fused, looped_loss_threshold_exit, looped_loss_slope,
+                                   looped_exit_loss_weight));
            }),
            py::arg("call"), py::arg("output_is_log_prob"), py::arg("add_continuous_pred_head"), py::arg("num_tokens"),
            py::arg("ignore_index"), py::arg("pad_value"), py::arg("mask_prob"), py::arg("mask_token_id"),
            py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"), py::arg("head_weight") = py::none(),
-           py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0)
+           py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0,
+           py::arg("looped_loss_threshold_exit") = 0.05, py::arg("looped_loss_slope") = 50.0,
+           py::arg("looped_exit_loss_weight") = 1.0)
       .def_static(
           "from_script_module",
           [](py::object script_module, int64_t ignore_index, int64_t pad_value, double mask_prob,

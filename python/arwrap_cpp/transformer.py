@@ -213,21 +213,14 @@ class TransformerWrapper(nn.Module):
                  filter_logits_fn="top_k", filter_kwargs: Optional[dict] = None, cache_kv: bool = True,
                  pad_value: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
         """x-transformers' ``AutoregressiveWrapper.generate``, in C++ (see arwrap_cpp.AutoregressiveWrapper.generate)."""
-        fn = filter_logits_fn if isinstance(filter_logits_fn, str) else getattr(filter_logits_fn, "__name__", None)
-        if fn not in ("top_k", "top_p", "min_p", "none"):
-            raise ValueError(f"generate: filter_logits_fn must be 'top_k', 'top_p', 'min_p' (or x-transformers' "
-                             f"functions of those names), got {filter_logits_fn!r}")
-        fk = dict(filter_kwargs or {})
-        allowed = {"top_k": {"k", "frac_num_tokens"}, "top_p": {"thres"}, "min_p": {"min_p"}, "none": set()}[fn]
-        if set(fk) - allowed:
-            raise ValueError(f"generate: filter_kwargs {sorted(set(fk) - allowed)} do not apply to {fn} "
-                             f"(it takes {sorted(allowed)})")
+        from . import dropin
+        fn, fk = dropin._native_filter("generate", filter_logits_fn, filter_kwargs)
         was_training = self.training
         self.eval()
         try:
-            return _C.generate(self.config, self.weights(), prompts, int(seq_len), float(temperature), fn,
-                               fk.get("k"), float(fk.get("frac_num_tokens", 0.1)), float(fk.get("thres", 0.9)),
-                               float(fk.get("min_p", 0.1)), eos_token, int(pad_value), bool(cache_kv), generator)
+            return _C.generate(self.config, self.weights(), prompts, int(seq_len), float(temperature),
+                               eos_token=eos_token, pad_value=int(pad_value), cache_kv=bool(cache_kv),
+                               generator=generator, **dropin._sampling_options(fn, fk))
         finally:
             self.train(was_training)
 

@@ -6,6 +6,7 @@ the call to the wrapped Python net.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -64,8 +65,10 @@ class AutoregressiveWrapper(nn.Module):
         if not isinstance(net, nn.Module):
             raise TypeError(f"AutoregressiveWrapper: net must be an nn.Module, got {type(net).__name__}")
         _C.validate_wrapper_options(float(mask_prob), float(next_embed_loss_weight))
-        if getattr(net, "looped", False):
-            raise ValueError("AutoregressiveWrapper: looped nets (TransformerWrapper(looped=True)) are not supported yet")
+        for name, value in (("looped_loss_threshold_exit", looped_loss_threshold_exit),
+                            ("looped_loss_slope", looped_loss_slope), ("looped_exit_loss_weight", looped_exit_loss_weight)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"AutoregressiveWrapper: {name} must be a finite number, got {value!r}")
         self.net = net
         self.max_seq_len = getattr(net, "max_seq_len", None)
         self.ignore_index = int(ignore_index)
@@ -146,6 +149,9 @@ class AutoregressiveWrapper(nn.Module):
             head_weight=head[0] if head else None,
             head_bias=head[1] if head else None,
             head_scale=head[2] if head else 1.0,
+            looped_loss_threshold_exit=float(self.looped_loss_threshold_exit),
+            looped_loss_slope=float(self.looped_loss_slope),
+            looped_exit_loss_weight=float(self.looped_exit_loss_weight),
         )
 
     def forward(
@@ -173,18 +179,37 @@ class AutoregressiveWrapper(nn.Module):
                 self.mask_prob, self.mask_token_id, self.add_attn_z_loss, self.next_embed_loss_weight, lens,
                 prepend_embeds, mask_noise, generator, bool(return_outputs))
             return (loss, (logits, None)) if return_outputs else loss
-        net = self.net
         if not self._scripted:
             self._check_x_transformers_inputs(x, prepend_embeds, kwargs.get("prepend_mask"))
-        fused = False
-        if self.fused_head:
-            reason = self._fused_head_unsupported()
-            if reason is None and return_outputs:
-                reason = "return_outputs=True needs the logits"
-            if reason is None:
-                fused = True
-            else:
-                self._warn(f"arwrap_cpp.AutoregressiveWrapper: fused_head=True falls back to the logits: {reason}")
+        fused = self._use_fused_head(return_outputs)
+        call = self._net_call(kwargs)
+        if not self._scripted and torch.compiler.is_compiling():
+            return self._traced_forward(call, fused, x, return_outputs, prepend_embeds, lens, mask_noise, generator)
+
+        loss, logits, cache = self._core(call, fused).forward(
+            x, lens, prepend_embeds, mask_noise, generator, bool(return_outputs)
+        )
+        if not return_outputs:
+            return loss
+        return loss, (logits, cache)
+
+    def _use_fused_head(self, return_outputs: bool) -> bool:
+        if not self.fused_head:
+            return False
+        reason = self._fused_head_unsupported()
+        if reason is None and return_outputs:
+            reason = "return_outputs=True needs the logits"
+        if reason is None:
+            return True
+        self._warn(f"arwrap_cpp.AutoregressiveWrapper: fused_head=True falls back to the logits: {reason}")
+        return False
+
+    def _net_call(self, kwargs: dict):
+        """The adapter the C++ wrapper calls: x-transformers' TransformerWrapper call convention
+        -> (logits or embeddings, attn_z_loss, next_embed_pred, init_embeds, cache[, exit_logits,
+        all_pred_logits] for a looped net)."""
+        net = self.net
+        looped = bool(getattr(net, "looped", False))
 
         def call(tokens, kv_mask, prepend, return_attn_z_loss, return_next_embed_pred, return_embeddings):
             kw = dict(kwargs)
@@ -206,14 +231,46 @@ class AutoregressiveWrapper(nn.Module):
             else:
                 logits, next_embed_pred, init_embeds = out, None, None
             attn_z_loss = cache.attn_z_loss if return_attn_z_loss else None
+            if looped:
+                exit_logits = torch.stack(cache.exit_logits, dim=1).squeeze(-1)  # (b, loops, n)
+                all_pred_logits = torch.stack(cache.all_pred_logits, dim=1)      # (b, loops, n, V)
+                return logits, attn_z_loss, next_embed_pred, init_embeds, cache, exit_logits, all_pred_logits
             return logits, attn_z_loss, next_embed_pred, init_embeds, cache
 
-        loss, logits, cache = self._core(call, fused).forward(
-            x, lens, prepend_embeds, mask_noise, generator, bool(return_outputs)
-        )
+        return call
+
+    def _traced_forward(self, call, fused, x, return_outputs, prepend_embeds, lens, mask_noise, generator):
+        """The forward under torch.compile: the same steps as the C++ ARWrapper, as operators
+        dynamo can trace (torch.ops.arwrap.shift_tokens, the net, torch.ops.arwrap.autoregressive_loss,
+        the very function ARWrapper calls after the net), so the whole step is one graph."""
+        if x.dim() != 2 or x.shape[1] < 2:
+            raise ValueError(f"AutoregressiveWrapper: x must be 2-D token ids (batch, seq_len + 1), got shape "
+                             f"{tuple(x.shape)}")
+        n = x.shape[1] - 1
+        full = self.add_attn_z_loss or self.add_continuous_pred_head
+        noise = mask_noise
+        if self.mask_prob > 0.0 and noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        inp, target, mask = torch.ops.arwrap.shift_tokens(x, lens, noise, self.ignore_index, self.pad_value,
+                                                          self.mask_prob, self.mask_token_id, True)
+        tokens = inp if full else inp[:, :n]
+        kv_mask = None
+        if self.mask_prob > 0.0 and self.mask_token_id is None:
+            kv_mask = mask if full else mask[:, :n]
+        out = call(tokens, kv_mask, prepend_embeds, self.add_attn_z_loss, self.add_continuous_pred_head, fused)
+        main, attn_z_loss, next_embed_pred, init_embeds, cache = out[:5]
+        exit_logits, all_pred_logits = out[5:] if len(out) == 7 else (None, None)
+        head = self._linear_head() if fused else None
+        p = prepend_embeds.shape[1] if prepend_embeds is not None else 0
+        loss = torch.ops.arwrap.autoregressive_loss(
+            main, target, head[0] if head else None, head[1] if head else None, attn_z_loss, next_embed_pred,
+            init_embeds, exit_logits, all_pred_logits, p, self.ignore_index,
+            bool(getattr(self.net, "output_is_log_prob", False)), False, head[2] if head else 1.0,
+            self.next_embed_loss_weight, float(self.looped_loss_threshold_exit), float(self.looped_loss_slope),
+            float(self.looped_exit_loss_weight))
         if not return_outputs:
             return loss
-        return loss, (logits, cache)
+        return loss, (main[:, p:p + n], cache)
 
     def _check_x_transformers_inputs(self, x: Tensor, prepend_embeds, prepend_mask) -> None:
         """What x-transformers would only assert on deep inside: named errors up front."""
@@ -237,35 +294,45 @@ class AutoregressiveWrapper(nn.Module):
                 raise ValueError(f"AutoregressiveWrapper: prepend_mask must be (batch, prepend_len) = "
                                  f"{tuple(prepend_embeds.shape[:2])}, got {shape}")
 
-    def generate(self, prompts: Tensor, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
+    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
                  prompt_lens: Optional[Tensor] = None, filter_logits_fn="top_k", restrict_to_max_seq_len: bool = True,
-                 filter_kwargs: Optional[dict] = None, cache_kv: bool = True, **kwargs):
-        """x-transformers' ``generate``: the ``seq_len`` tokens after ``prompts``.
+                 amateur_model=None, filter_kwargs: Optional[dict] = None, contrastive_decode_kwargs=None,
+                 cache_kv: bool = True, return_intermediates: bool = False, **kwargs):
+        """x-transformers' ``generate`` (2.31.10, every argument): the ``seq_len`` tokens after ``prompts``.
 
-        With the native net it runs in C++ (``arwrap::generate``, a key/value cache,
-        ``filter_logits_fn`` in top_k / top_p / min_p, greedy at temperature 0; extra
-        keyword: ``generator``). With any other net it is x-transformers' own code.
+        With the native net it runs in C++ (``arwrap::generate``; see ``dropin.generate_native``;
+        extra keyword: ``generator``). With any other net it is x-transformers' own code, reached
+        through its defining module (never through a name a user may have replaced).
         """
+        from . import dropin
         if self._native:
-            generator = kwargs.pop("generator", None)
-            if kwargs or prompt_lens is not None or not restrict_to_max_seq_len:
-                extra = sorted(kwargs) + (["prompt_lens"] if prompt_lens is not None else []) + \
-                    ([] if restrict_to_max_seq_len else ["restrict_to_max_seq_len=False"])
-                raise ValueError(f"AutoregressiveWrapper.generate: the native net does not support {extra}")
-            return self.net.generate(prompts, seq_len, eos_token=eos_token, temperature=temperature,
-                                     filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs,
-                                     cache_kv=cache_kv, pad_value=self.pad_value, generator=generator)
-        args = (prompts, seq_len, eos_token, temperature, prompt_lens)
-        kwargs.update(restrict_to_max_seq_len=restrict_to_max_seq_len, cache_kv=cache_kv)
-        if filter_logits_fn != "top_k":
-            kwargs["filter_logits_fn"] = filter_logits_fn
-        if filter_kwargs:
-            kwargs["filter_kwargs"] = filter_kwargs
-        try:
-            from x_transformers import AutoregressiveWrapper as _XT
-        except ImportError as e:  # pragma: no cover
-            raise RuntimeError("AutoregressiveWrapper.generate uses x-transformers: pip install x-transformers") from e
-        return _XT.generate(self, *args, **kwargs)
+            return dropin.generate_native(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                          prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
+                                          restrict_to_max_seq_len=restrict_to_max_seq_len,
+                                          amateur_model=amateur_model, filter_kwargs=filter_kwargs,
+                                          contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
+                                          return_intermediates=return_intermediates, **kwargs)
+        return dropin.generate_x_transformers(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                              prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
+                                              restrict_to_max_seq_len=restrict_to_max_seq_len,
+                                              amateur_model=amateur_model, filter_kwargs=filter_kwargs,
+                                              contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
+                                              return_intermediates=return_intermediates, **kwargs)
+
+    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
+                    eos_token: Optional[int] = None, temperature: float = 1.0, stochastic: bool = False,
+                    prompt_lens: Optional[Tensor] = None, filter_logits_fn=None, restrict_to_max_seq_len: bool = True,
+                    filter_kwargs: Optional[dict] = None, cache_kv: bool = True, **kwargs):
+        """x-transformers' ``beam_search`` (2.31.10, every argument). Returns the best beam
+        ``(batch, seq_len)``, or ``(beams (beams, batch, seq_len), scores (beams, batch))`` with
+        ``return_beams_and_scores``. The native net runs it in C++ (``arwrap::beam_search``, with
+        the key/value cache); any other net runs x-transformers' own code."""
+        from . import dropin
+        return dropin.beam_search(self, prompts, seq_len, beams=beams, return_beams_and_scores=return_beams_and_scores,
+                                  eos_token=eos_token, temperature=temperature, stochastic=stochastic,
+                                  prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
+                                  restrict_to_max_seq_len=restrict_to_max_seq_len, filter_kwargs=filter_kwargs,
+                                  cache_kv=cache_kv, **kwargs)
 
     def to_torchscript(self, path: Optional[str] = None) -> torch.jit.ScriptModule:
         """The native net and this wrapper as a TorchScript module (``forward(x) -> loss``,

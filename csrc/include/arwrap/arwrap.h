@@ -1,6 +1,7 @@
 // Umbrella header for C++ users of libarwrap.
 #pragma once
 
+#include <arwrap/autoregressive_loss.h>
 #include <arwrap/distributed.h>
 #include <arwrap/ops.h>
 #include <arwrap/transformer.h>

@@ -78,6 +78,10 @@ class TransformerWrapperImpl : public torch::nn::Cloneable<TransformerWrapperImp
 
   at::Tensor generate(const at::Tensor& prompts, int64_t seq_len, const GenerateOptions& generate_options = {},
                       std::optional<at::Generator> generator = std::nullopt);
+  // (beams (b, beams, seq_len), scores (b, beams)), best first (beam_search.cpp)
+  std::tuple<at::Tensor, at::Tensor> beam_search(const at::Tensor& prompts, int64_t seq_len,
+                                                 const BeamSearchOptions& options = {},
+                                                 std::optional<at::Generator> generator = std::nullopt);
 
   // parameters in parameter_specs() order
   std::vector<at::Tensor> weights() const;

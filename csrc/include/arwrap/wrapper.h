@@ -35,6 +35,9 @@ struct NetInputs {
   bool return_attn_z_loss = false;    // the net must fill NetOutputs::attn_z_loss
   bool return_next_embed_pred = false;  // ... and next_embed_pred / init_embeds
   bool return_embeddings = false;     // fused head: the final embeddings instead of the logits
+  // (b,) int64: left-padded rows start at seq_start_pos (x-transformers' generate with
+  // prompt_lens): earlier keys are masked, absolute positions count from it; undefined if none
+  at::Tensor seq_start_pos;
 };
 
 struct NetOutputs {
@@ -44,6 +47,10 @@ struct NetOutputs {
   at::Tensor next_embed_pred;  // (b, p + m, d), when asked for
   at::Tensor init_embeds;      // (b, p + m, d), when asked for
   c10::IValue cache;           // whatever the net returns as its intermediates (opaque)
+  // a looped net (x-transformers' TransformerWrapper(looped=True)): the exit gate's logits
+  // and the logits predicted after every loop; the loss is then the looped one
+  at::Tensor exit_logits;      // (b, loops, p + m)
+  at::Tensor all_pred_logits;  // (b, loops, p + m, V)
 };
 
 // The net's output layer when it is a plain linear map: logits = (scale * h) W^T + b.
@@ -96,6 +103,10 @@ struct ARWrapperOptions {
   TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
   TORCH_ARG(bool, add_attn_z_loss) = false;
   TORCH_ARG(double, next_embed_loss_weight) = 0.1;
+  // a looped net's exit-gate training (x-transformers' looped_* arguments)
+  TORCH_ARG(double, looped_loss_threshold_exit) = 0.05;
+  TORCH_ARG(double, looped_loss_slope) = 50.0;
+  TORCH_ARG(double, looped_exit_loss_weight) = 1.0;
   // When the net exposes a linear head: take its final embeddings and compute the
   // loss with the fused linear cross-entropy, never materialising the logits
   // (not with return_outputs, which needs them).
