@@ -41,6 +41,16 @@ def cpp_programs(tmp_path_factory):
     return build_cmake_project(source, tmp_path_factory.mktemp("cpp") / "build", "the C++ test programs")
 
 
+@pytest.fixture(scope="session")
+def trainer(tmp_path_factory):
+    """arwrap-train (examples/train), configured and built against the installed package as
+    scripts/train.sh does, once per session."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "examples" / "train"
+    return build_cmake_project(source, tmp_path_factory.mktemp("train") / "build", "arwrap-train") / "arwrap-train"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -30,12 +30,6 @@ if not arwrap_cpp.distributed_available():
 
 
 @pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
-    build = tmp_path_factory.mktemp("train") / "build"
-    return build_cmake_project(ROOT / "examples" / "train", build, "arwrap-train") / "arwrap-train"
-
-
-@pytest.fixture(scope="module")
 def dist_check(tmp_path_factory):
     build = tmp_path_factory.mktemp("dist_check") / "build"
     return build_cmake_project(ROOT / "tests" / "integration" / "cpp_distributed", build, "dist_check") / "dist_check"

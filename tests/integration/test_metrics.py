@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from arwrap_cpp.metrics import MetricsWriter, read_metrics
-from conftest import build_cmake_project
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["--seq-len", "32", "--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16"]
@@ -38,12 +37,6 @@ def corpus(tmp_path_factory):
     for name in ["string.py", "textwrap.py", "bisect.py", "colorsys.py"]:
         shutil.copy(stdlib / name, root / name)
     return root
-
-
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
-    build = tmp_path_factory.mktemp("train") / "build"
-    return build_cmake_project(ROOT / "examples" / "train", build, "arwrap-train") / "arwrap-train"
 
 
 def run(*cmd, env=None):

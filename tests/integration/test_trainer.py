@@ -12,7 +12,6 @@ import torch
 
 import arwrap_cpp
 from arwrap_cpp import checkpoint as ckpt
-from conftest import build_cmake_project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,13 +23,6 @@ VAL = re.compile(r"^step\s+(\d+)\s+val_loss (\d+\.\d+)", re.M)
 STEP = re.compile(r"^step\s+(\d+)/(\d+)\s+loss (\d+\.\d+)", re.M)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
-    """Configures and builds examples/train against the installed package, as scripts/train.sh does."""
-    build = tmp_path_factory.mktemp("train") / "build"
-    return build_cmake_project(ROOT / "examples" / "train", build, "arwrap-train") / "arwrap-train"
 
 
 @pytest.fixture(scope="module")
