@@ -9,6 +9,7 @@ from x_transformers import AutoregressiveWrapper as XTWrapper
 from x_transformers import Decoder, TransformerWrapper
 
 from arwrap_cpp import AutoregressiveWrapper
+from parity import assert_grads_match
 from scripted_net import TinyScriptedDecoder, scripted_decoder
 
 V, SEQ, DIM = 61, 33, 32
@@ -42,13 +43,7 @@ def assert_parity(net, x, wrapper_kw=None, seed=0, **fwd_kw):
     _, lo, go = loss_and_grads(ours, x, seed, **fwd_kw)
     assert torch.isfinite(lx), "reference loss is not finite"
     assert abs(lo.item() - lx.item()) <= 1e-5 * abs(lx.item()), (lo.item(), lx.item())
-    names = [n for n, p in net.named_parameters() if p.requires_grad]
-    for name, a, b in zip(names, go, gx):
-        if b is None:
-            assert a is None or torch.all(a == 0), name
-            continue
-        scale = b.abs().max().clamp(min=1e-12)
-        assert ((a - b).abs().max() / scale) <= 1e-4, f"{name}: rel err {((a - b).abs().max() / scale).item():.2e}"
+    assert_grads_match(net, go, gx)
     return lo, lx
 
 
