@@ -13,9 +13,13 @@ sets the labels instead. Needs only matplotlib (the optional extra `plot`), not 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+try:
+    from .metrics import read_metrics
+except ImportError:  # run as a script from the source tree (scripts/plot.sh): neither torch nor the package
+    from metrics import read_metrics
 
 __all__ = ["load_run", "plot_runs", "main"]
 
@@ -25,17 +29,10 @@ def load_run(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"plot: no such metrics file: {path}")
-    recs = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"plot: {path}:{i} is not a JSON line ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            raise SystemExit(f"plot: {path}:{i} has no integer 'step': not a metrics file")
-        recs.append(rec)
+    try:
+        recs = read_metrics(path)
+    except ValueError as e:
+        raise SystemExit(f"plot: {e}") from None
     if not any(r.get("loss") is not None or r.get("val_loss") is not None for r in recs):
         raise SystemExit(f"plot: {path} has no loss or val_loss values to plot")
     return sorted(recs, key=lambda r: r["step"])
