@@ -12,8 +12,8 @@ with the floor of each configuration and precision:
     native_bf16         the same under torch.autocast("cpu", bf16)           bfloat16
 * floor (per configuration and precision): the step's matrix products (projections,
   attention products with the causal half skipped, feed-forward, head; forward and the
-  two backward products of each), each timed alone as torch.mm / torch.bmm at its shape
-  and dtype in the same process as the contenders, summed. FLOPs / that rate.
+  two backward products of each), run alone as torch.mm / torch.bmm at their shapes and
+  dtype, timed round-robin with the contenders in their process: FLOPs / that rate.
 * the trainer: arwrap-train's tokens/s against the same model and loop in Python
   (x-transformers attn_flash=True, Adam, clip_grad_norm 0.5; autocast for bf16), with
   --trainer PATH (a built examples/train).
@@ -24,7 +24,7 @@ with the floor of each configuration and precision:
     python bench/bench_step.py --configs '' --trainer build/train/arwrap-train --trainer-steps 20
 
 Time: one process per configuration runs every contender round-robin (--repeats rounds
-after two warm-up steps each), medians; the floors are measured in that process too.
+after two warm-up steps each), medians; the floors are two more "contenders" there.
 Memory: each (configuration, contender) in its own process (bench/_measure.py).
 Writes bench/results/step.{json,md}.
 """
@@ -122,32 +122,30 @@ def step_products(V, dim, depth, b, n, heads):
             for k, s, c in out]
 
 
-def floor_of(products, dtype, repeats=5):
-    """Seconds the step's products take alone (torch.mm/bmm at each shape, median of
-    `repeats`), and their FLOPs."""
+def floor_step(products, dtype):
+    """A step of the products alone: torch.mm / torch.bmm at each of the step's shapes in
+    `dtype`, each run 2 x count times (counts are multiples of 0.5), so the floor is half
+    its time. Timed round-robin with the contenders, so the machine's load hits it alike.
+    Returns (step, FLOPs of the products)."""
     import torch
 
-    total_s, flops, seen = 0.0, 0.0, {}
-    for kind, shape, count, f in products:
-        if (kind, shape) not in seen:
-            if kind == "mm":
-                M, K, N = shape
-                a, bb = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)
-                fn = lambda: torch.mm(a, bb)  # noqa: E731
-            else:
-                B, M, K, N = shape
-                a, bb = torch.randn(B, M, K, dtype=dtype), torch.randn(B, K, N, dtype=dtype)
-                fn = lambda: torch.bmm(a, bb)  # noqa: E731
-            fn()
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            seen[(kind, shape)] = statistics.median(ts)
-        total_s += seen[(kind, shape)] * count
-        flops += f
-    return total_s, flops
+    calls = []
+    for kind, shape, count, _ in products:
+        if kind == "mm":
+            M, K, N = shape
+            a, bb = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)
+            calls.append((torch.mm, a, bb, round(2 * count)))
+        else:
+            B, M, K, N = shape
+            a, bb = torch.randn(B, M, K, dtype=dtype), torch.randn(B, K, N, dtype=dtype)
+            calls.append((torch.bmm, a, bb, round(2 * count)))
+
+    def step():
+        for fn, a, bb, reps in calls:
+            for _ in range(reps):
+                fn(a, bb)
+        return torch.zeros(())
+    return step, sum(f for *_, f in products)
 
 
 # ------------------------------------------------------------------ child processes
@@ -180,11 +178,15 @@ def child(args):
         return
     names = CONTENDERS if args.contender == "all" else args.contender.split(",")
     steps = {name: step_of(name, *build(name, V, dim, depth, n1, heads, rotary), x) for name in names}
-    out = round_robin(steps, args.repeats)
     prods = step_products(V, dim, depth, b, n1 - 1, heads)
+    flops = {}
     for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        s, f = floor_of(prods, dt)
-        out[f"floor_{prec}"] = {"time_s": s, "gflop": f / 1e9, "gflops": f / s / 1e9}
+        steps[f"floor_{prec}"], flops[prec] = floor_step(prods, dt)
+    out = round_robin(steps, args.repeats)
+    for prec, f in flops.items():
+        r = out[f"floor_{prec}"]
+        r["time_s"] /= 2  # each product ran twice its count
+        r.update(gflop=f / 1e9, gflops=f / r["time_s"] / 1e9)
     print(json.dumps(out))
 
 
