@@ -11,12 +11,13 @@ inputs. Writes bench/results/cross_entropy.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ["arwrap", "arwrap_inplace", "eager", "x_transformers", "torch_compile"]
@@ -84,27 +85,12 @@ def child(args) -> None:
         print(json.dumps({"time_s": median_time(step, args.repeats, before_each=refill), "loss_rel_err": err}))
 
 
-def run_child(contender, rows, V, args):
-    sys.path.insert(0, str(HERE))
-    from _measure import run_isolated
-
-    return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V, "--threads", args.threads,
-                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "cross_entropy"), repeats=5,
+                      hidden=[("--contender", str), ("--rows", int), ("--vocab", int)])
     ap.add_argument("--shapes", default="4096x256,8192x32000,4096x128256", help="comma-separated ROWSxVOCAB")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ignore-frac", type=float, default=0.05)
-    ap.add_argument("--out", default=str(HERE / "results" / "cross_entropy"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -112,17 +98,12 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import write_results
+    from _measure import measure_shapes, write_results
 
-    results = []
-    for shape in args.shapes.split(","):
-        rows, V = (int(v) for v in shape.lower().split("x"))
-        logits_bytes = rows * V * 4
-        for c in args.contenders.split(","):
-            print(f"  {rows}x{V} {c} ...", file=sys.stderr, flush=True)
-            r = run_child(c, rows, V, args)
-            r.update(rows=rows, vocab=V, contender=c, logits_bytes=logits_bytes)
-            results.append(r)
+    results = measure_shapes(__file__, args.shapes, args.contenders, ("rows", "vocab"),
+                             ["--threads", args.threads, "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
+    for r in results:
+        r["logits_bytes"] = r["rows"] * r["vocab"] * 4
 
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "repeats": args.repeats}

@@ -9,7 +9,7 @@ import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
 
 
 def build_cmake_project(source, build, what):
-    """Configures and builds a CMake project (tests/cpp, tests/cpp_bad_input, examples/train)
+    """Configures and builds a CMake project (tests/integration/cpp, examples/train)
     against the installed package with find_package(arwrap), as a user's program would be.
     Skips when cmake is missing; progress goes to stderr (it takes about a minute)."""
     if shutil.which("cmake") is None:
@@ -23,6 +23,16 @@ def build_cmake_project(source, build, what):
     bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
     assert bld.returncode == 0, bld.stdout[-5000:] + bld.stderr[-5000:]
     return build
+
+
+@pytest.fixture(scope="session")
+def cpp_programs(tmp_path_factory):
+    """The folder of the pure C++ test programs (tests/integration/cpp: consumer,
+    wrapper_consumer, native_consumer, bad_input), built once per session."""
+    from pathlib import Path
+
+    source = Path(__file__).parent / "integration" / "cpp"
+    return build_cmake_project(source, tmp_path_factory.mktemp("cpp") / "build", "the C++ test programs")
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,9 @@
 // on fixed windows, samples with generate, one-file checkpoints (see checkpoint.h).
 // `arwrap-train --help` lists the flags.
 #include "checkpoint.h"
-#include "corpus.h"
 #include "precision.h"
+
+#include <arwrap/corpus.h>
 
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>
@@ -303,7 +304,7 @@ std::string describe(const arwrap::TransformerWrapperOptions& o) {
 // ------------------------------------------------------------------ data
 
 struct Data {
-  train::Corpus corpus;
+  arwrap::Corpus corpus;
   std::string source;
   const char* train() const { return corpus.bytes.data(); }
   int64_t train_size() const { return static_cast<int64_t>(corpus.train_size()); }
@@ -316,7 +317,7 @@ Data load_data(Args& a, int64_t seq_len) {
   std::string suffix = a.ext;
   if (a.data.empty()) {
     std::string searched;
-    a.data = train::find_python_stdlib(&searched);
+    a.data = arwrap::find_python_stdlib(&searched);
     if (a.data.empty())
       fail("no --data given and no Python standard library found (looked at " + searched +
            "); pass --data PATH (a text file or directory) or set ARWRAP_STDLIB");
@@ -325,7 +326,7 @@ Data load_data(Args& a, int64_t seq_len) {
       a.ext = ".py";
     }
   }
-  d.corpus = train::read_corpus(a.data, suffix, static_cast<size_t>(a.max_bytes));
+  d.corpus = arwrap::read_corpus(a.data, suffix, static_cast<size_t>(a.max_bytes));
   {  // the checkpoint records an absolute path, so --resume works from any directory
     std::error_code ec;
     const auto abs = std::filesystem::absolute(a.data, ec);

@@ -46,9 +46,7 @@ def shift_tokens(
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"shift_tokens: x must be a Tensor, got {type(x).__name__}")
-    mask_prob = float(mask_prob)
-    if not (0.0 <= mask_prob < 1.0):
-        raise ValueError(f"shift_tokens: mask_prob must be in [0, 1), got {mask_prob}")
+    mask_prob = float(mask_prob)  # its range is checked by the operator (ValueError)
     if mask_prob > 0.0 and noise is None:
         if x.dim() != 2 or x.shape[1] < 2:
             raise ValueError(

@@ -16,16 +16,7 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s MODEL.pt TOKENS.txt\n", argv[0]);
-    return 2;
-  }
-  const auto read = read_tokens(argv[2]);
-  if (!read) {
-    std::fprintf(stderr, "error: could not read %s\n", argv[2]);
-    return 2;
-  }
-  const torch::Tensor& x = *read;
+  const torch::Tensor x = tokens_from_args(argc, argv, "MODEL.pt");
   torch::jit::Module scripted = torch::jit::load(argv[1]);
 
   // 1. the C++ module with the export's weights

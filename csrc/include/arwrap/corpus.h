@@ -1,12 +1,13 @@
-// The training text: a file or a directory of files read as raw bytes (vocabulary 256),
-// split 90/10 into train and validation. Plain C++ (no LibTorch headers), so it compiles fast.
+// The training text of arwrap-train (and of arwrap_cpp.checkpoint.read_corpus, which calls
+// this): a file or a directory of files read as raw bytes (vocabulary 256), split 90/10
+// into train and validation. Plain C++ (no LibTorch headers), so it compiles fast.
 #pragma once
 
 #include <cstddef>
 #include <string>
 #include <vector>
 
-namespace train {
+namespace arwrap {
 
 struct Corpus {
   std::string bytes;          // every file, in sorted path order, concatenated
@@ -27,4 +28,4 @@ Corpus read_corpus(const std::string& path, const std::string& suffix, std::size
 // found; `searched` then says where it looked.
 std::string find_python_stdlib(std::string* searched);
 
-}  // namespace train
+}  // namespace arwrap

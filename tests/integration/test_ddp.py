@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "ddp_train.py"
 STEPS, ALL_IGNORED = 6, 2
 COMMON = ["--steps", str(STEPS), "--all-ignored-step", str(ALL_IGNORED), "--batch", "3", "--seq", "24"]

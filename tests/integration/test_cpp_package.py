@@ -1,4 +1,4 @@
-"""The installed C++ package: find_package(arwrap) from pure C++ programs (tests/cpp)."""
+"""The installed C++ package: find_package(arwrap) from pure C++ programs (tests/integration/cpp)."""
 import subprocess
 import warnings
 from pathlib import Path
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import arwrap_cpp
-from conftest import build_cmake_project
 
 HERE = Path(__file__).parent
 
@@ -28,9 +27,9 @@ def test_package_layout():
 
 
 @pytest.fixture(scope="module")
-def cpp_build(tmp_path_factory):
-    """Configures and builds tests/cpp against the installed package, as a user would."""
-    return build_cmake_project(HERE / "cpp", tmp_path_factory.mktemp("cpp") / "build", "the C++ consumers")
+def cpp_build(cpp_programs):
+    """tests/integration/cpp, built against the installed package as a user would (conftest)."""
+    return cpp_programs
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import arwrap_cpp
 from arwrap_cpp import checkpoint as ckpt
 from conftest import build_cmake_project
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # a small model and short runs: the whole file takes about a minute after the build
 MODEL = ["--seq-len", "64", "--dim", "64", "--depth", "2", "--heads", "2", "--dim-head", "32"]
@@ -205,12 +205,31 @@ def test_bad_checkpoints(trainer, corpus, trained, tmp_path):
     assert other.read_bytes() == path.read_bytes()  # a refused resume leaves the file alone
 
 
-def test_help(trainer):
+def _accepted_flags():
+    """Every flag the trainer's parser accepts, read from its sources (`name == "..."`)."""
+    names = set()
+    for src in (ROOT / "examples" / "train").glob("*.cpp"):
+        names |= set(re.findall(r'name == "([a-z][a-z0-9-]*)"', src.read_text()))
+    return names | {"help"}
+
+
+HELP_LINE = re.compile(r"^\s{2}--([a-z][a-z0-9-]*)(?: [A-Z][A-Z_]*)?\s{2,}(\S.*)$", re.M)
+
+
+def test_help_lists_every_flag_with_its_meaning(trainer):
     out = run(trainer, "--help").stdout
-    for flag in ["--data", "--steps", "--batch", "--accum", "--lr", "--seq-len", "--dim", "--depth", "--heads",
-                 "--dim-head", "--threads", "--checkpoint", "--resume", "--seed", "--optimizer", "--max-bytes",
-                 "--eval-only", "--sample"]:
-        assert flag in out
+    documented = {flag: text for flag, text in HELP_LINE.findall(out)}
+    accepted = _accepted_flags()
+    assert len(accepted) >= 25, accepted
+    missing = sorted(accepted - set(documented))
+    assert not missing, f"flags accepted but not explained in --help: {missing}"
+    unknown = sorted(set(documented) - accepted)
+    assert not unknown, f"--help explains flags the parser refuses: {unknown}"
+    for flag, text in documented.items():
+        assert len(text.split()) >= 2, f"--{flag}: '{text}' says too little"
+    # and each one parses: an unknown flag is refused by name
+    msg = _error(run(trainer, "--no-such-flag", "1", check=False))
+    assert "--no-such-flag" in msg
 
 
 RSS = re.compile(r"^step\s+(\d+)/\d+\s+loss \S+\s+\S+ tok/s\s+\S+ left\s+rss (\d+\.\d+) MB", re.M)

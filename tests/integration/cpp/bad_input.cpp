@@ -1,7 +1,7 @@
 // Bad input through the public C++ API (<arwrap/arwrap.h>): each case must throw the
 // expected c10 error type with a message naming the argument, or (odd but valid input)
 // give the reference answer. Prints one line per case and "N cases, F failed"; exits 1
-// if any failed. Built and run by tests/test_bad_input.py; scripts/sanitize.sh runs it
+// if any failed. Built and run by tests/integration/test_bad_input.py; scripts/sanitize.sh runs it
 // under AddressSanitizer and UndefinedBehaviorSanitizer.
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "corpus.h"
+#include <arwrap/corpus.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -9,7 +9,7 @@
 
 namespace fs = std::filesystem;
 
-namespace train {
+namespace arwrap {
 
 namespace {
 
@@ -109,4 +109,4 @@ std::string find_python_stdlib(std::string* searched) {
   return {};
 }
 
-}  // namespace train
+}  // namespace arwrap
