@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -280,7 +281,7 @@ def trainer_child(args):
 
 # ------------------------------------------------------------------ tables
 
-def tables(configs, results, threads, repeats, trainer):
+def tables(configs, results, threads, repeats, trainer, commands=()):
     import torch
 
     isa = ""
@@ -289,9 +290,11 @@ def tables(configs, results, threads, repeats, trainer):
         isa = ", ".join(k for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if caps.get(k))
     except Exception:  # noqa: BLE001  (older torch)
         pass
-    lines = [f"{threads} threads, median of {repeats} round-robin steps, torch {torch.__version__}, CPU ISA: {isa}. "
+    lines = [f"{threads} threads, median of --repeats round-robin steps (per command below), torch {torch.__version__}, "
+             f"CPU ISA: {isa}. "
              "The machine was shared with other jobs while this ran: absolute times are noisy, ratios within one "
              "configuration (one process, round-robin) are fair.", "",
+             *[f"    {c}" for c in commands], *([""] if commands else []),
              "Training step (loss = wrapper(x); loss.backward()), dim_head 64. step / floor: the step's time over "
              "its precision's floor; vs best xt: the fastest x-transformers contender of the same precision over "
              "this one (>1: we are faster); memory vs leanest xt: peak extra memory over the leanest "
@@ -309,7 +312,7 @@ def tables(configs, results, threads, repeats, trainer):
             xts = [r for c, r in ok.items() if c.startswith("xt_") and (is_bf16(c) == (prec == "bf16"))]
             best = min((r["time_s"] for r in xts), default=float("nan"))
             lean = min((r["peak_extra_bytes"] for r in ok.values() if r["contender"].startswith("xt_")
-                        and "peak_extra_bytes" in r), default=float("nan"))
+                        and math.isfinite(r.get("peak_extra_bytes", float("nan")))), default=float("nan"))
             if fl:
                 lines.append(f"| {label} | floor ({fl['gflop']:.3g} GFLOP at {fl['gflops']:.0f} GFLOP/s) | {prec} | "
                              f"{fl['time_s'] * 1e3:.0f} | 1.00 | | | | |")
@@ -321,7 +324,7 @@ def tables(configs, results, threads, repeats, trainer):
                     continue
                 ratio = r["time_s"] / fl["time_s"] if fl else float("nan")
                 mem = r.get("peak_extra_bytes", float("nan"))
-                mem_ratio = f"{mem / lean:.2f}" if lean > 0 else "n/a"
+                mem_ratio = f"{mem / lean:.2f}" if lean > 0 and math.isfinite(mem) else "n/a"
                 lines.append(f"| {label} | {c} | {prec} | {r['time_s'] * 1e3:.0f} | {ratio:.2f} | "
                              f"{best / r['time_s']:.2f}x | {mem / 2**20:.0f} | {mem_ratio} | {r['loss']:.4f} |")
     if trainer:
@@ -376,12 +379,16 @@ def main():
     old = json.loads(out_json.read_text()) if args.merge and out_json.exists() else {}
     results = [r for r in old.get("results", []) if r["config"] not in configs]
     trainer = old.get("trainer")
+    commands = list(old.get("commands", []))
+    if configs or args.trainer:
+        commands.append("python bench/bench_step.py " + " ".join(sys.argv[1:]))
 
     def save():
         done = list(dict.fromkeys([r["config"] for r in results]))
         order = [c for c in CONFIGS if c in done]
-        lines = tables(order, results, args.threads, args.repeats, trainer)
+        lines = tables(order, results, args.threads, args.repeats, trainer, commands)
         write_results(args.out, lines, {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+                                        "commands": commands,
                                         "configs": {c: CONFIGS[c] for c in order}, "results": results,
                                         "trainer": trainer})
 
