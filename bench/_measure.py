@@ -126,6 +126,24 @@ def write_results(out, lines, payload) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
+    render_chart(out.with_suffix(".json"))
+
+
+def render_chart(json_path) -> None:
+    """Draws the results JSON into a PNG beside it (bench/plot_results.py), when matplotlib is there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"chart of {json_path} not drawn: matplotlib is not installed (bash scripts/plot.sh --help installs "
+              "it into .venv; then python bench/plot_results.py)", file=sys.stderr)
+        return
+    from plot_results import render
+
+    print(f"chart: {render(json_path)}", file=sys.stderr)
 
 
 def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> dict:

@@ -148,6 +148,10 @@ def main():
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _measure import render_chart
+    render_chart(out.with_suffix(".json"))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ log "built in $(( $(date +%s) - start )) s"
 "$PY" -c "import arwrap_cpp; assert arwrap_cpp.built_with_cuda(), 'built without CUDA'; print('arwrap_cpp with CUDA')"
 
 log "CUDA tests"
-"$PY" -m pytest -q tests/test_cuda.py 2>&1 | tail -25
-"$PY" -m pytest -q tests/test_cross_entropy.py -k cuda 2>&1 | tail -3
+# the CUDA variants live beside their operator (tests/ops) and module (tests/modules)
+"$PY" -m pytest -q tests/ops tests/modules/test_transformer_cuda.py -k cuda 2>&1 | tail -25
 
 log "benchmark"
 "$PY" bench/bench_gpu.py --out "$OUT/gpu" 2>&1 | tail -30

@@ -59,15 +59,15 @@ say "3/3 running them"
 DATA="$BUILD/data"
 mkdir -p "$DATA"
 # Inputs from Python (uninstrumented, the installed arwrap_cpp): a scripted loss that calls the
-# arwrap operator, and the scripted decoder of tests/modules/test_wrapper.py with a token file.
+# arwrap operator, and the scripted decoder of tests/scripted_net.py with a token file.
 "$VPY" - "$DATA" "$ROOT/tests" <<'PY'
 import sys, warnings
 import torch
 import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap for scripting)
 data, tests = sys.argv[1], sys.argv[2]
-sys.path[:0] = [f"{tests}/integration", f"{tests}/modules"]
+sys.path[:0] = [tests, f"{tests}/integration"]
 from test_cpp_package import ScriptedLoss
-from test_wrapper import scripted_decoder
+from scripted_net import scripted_decoder
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     torch.jit.script(ScriptedLoss()).save(f"{data}/loss.pt")

@@ -4,7 +4,6 @@
 #include <arwrap/ops.h>
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 
@@ -116,11 +115,7 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
   if (lse) {
     std::optional<at::Tensor> km;
     if (ctx.key_mask.defined()) km = ctx.key_mask;
-    static auto lse_op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("arwrap::attention_lse", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                               double, bool)>();
-    *lse = lse_op.call(q, k, km, ctx.scale, true);
+    *lse = arwrap::attention_lse(q, k, AttentionLseOptions().key_mask(km).scale(ctx.scale).causal(true));
   }
   return at::linear(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
 }

@@ -2,9 +2,7 @@
 share: the small nets and wrappers, input makers, and the case counter that prints how many
 cases ran at the end of the session."""
 import functools
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ import arwrap_cpp
 from arwrap_cpp import AutoregressiveWrapper
 
 OPS = torch.ops.arwrap
-HERE = Path(__file__).parent
 V, SEQ, DIM = 17, 9, 16
 _RAN = {"bad": 0, "works": 0, "large": 0, "cpp": 0}
 
@@ -84,8 +81,7 @@ def with_token(value, at=(0, 3)):
 
 @functools.lru_cache(maxsize=None)
 def _scripted():
-    sys.path.insert(0, str(HERE.parent / "modules"))
-    from test_wrapper import scripted_decoder  # a TorchScript net (vocabulary 40): the C++ TorchScriptNet path
+    from scripted_net import scripted_decoder  # a TorchScript net (vocabulary 40): the C++ TorchScriptNet path
 
     return scripted_decoder()
 

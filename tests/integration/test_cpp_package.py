@@ -46,7 +46,7 @@ def test_pure_cpp_consumer_builds_and_runs(cpp_build, tmp_path):
 
 @pytest.mark.slow
 def test_cpp_wrapper_with_torchscript_net_matches_python(cpp_build, tmp_path):
-    from test_wrapper import scripted_decoder
+    from scripted_net import scripted_decoder
 
     scripted = scripted_decoder()
     scripted.save(str(tmp_path / "net.pt"))

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arwrap_cpp import AutoregressiveWrapper, cross_entropy, linear_cross_entropy
+from conftest import reference_cross_entropy
 
 EXAMPLES = int(os.environ.get("ARWRAP_HYPOTHESIS_EXAMPLES", "0"))
 RANDOM = os.environ.get("ARWRAP_HYPOTHESIS_RANDOM", "") not in ("", "0")
@@ -53,19 +54,11 @@ def make_target(shape, V, pattern, ignore_index, gen):
 
 
 def reference_loss(z64, t, *, ignore_index, reduction, label_smoothing, z_loss_weight):
-    """float64 reference from torch.nn.functional: F.cross_entropy (label smoothing, ignore_index)
-    plus the z-loss, reduced as documented (mean over non-ignored targets; 0 if there are none)."""
-    V = z64.shape[-1]
-    flat, tf = z64.reshape(-1, V), t.reshape(-1)
-    valid = tf != ignore_index
-    rows = F.cross_entropy(flat, tf, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing)
-    if z_loss_weight > 0:
-        lse = torch.logsumexp(flat, dim=-1)
-        rows = rows + z_loss_weight * torch.where(valid, lse**2, torch.zeros_like(lse))
-    if reduction == "none":
-        return rows.view(t.shape)
-    total = rows.sum()
-    return total / valid.sum().clamp(min=1) if reduction == "mean" else total
+    """The cross-entropy reference (tests/ops/op_references.py), computed in the input's
+    precision: float64 for the reference, float32 for the yardstick of a bf16 pipeline."""
+    return reference_cross_entropy(z64, t, ignore_index=ignore_index, reduction=reduction,
+                                   label_smoothing=label_smoothing, z_loss_weight=z_loss_weight,
+                                   dtype=torch.promote_types(z64.dtype, torch.float32))
 
 
 def layout(base, kind):

@@ -1,6 +1,6 @@
 """The native net (arwrap_cpp.TransformerWrapper / Decoder, C++ arwrap::transformer_forward)
 against x-transformers 2.31.10 on the same weights: logits, wrapper loss and gradients,
-auxiliary losses, greedy generation, and the attention_lse operator."""
+auxiliary losses and greedy generation (the attention_lse operator: tests/ops)."""
 import warnings
 
 import pytest
@@ -275,62 +275,6 @@ def test_torchscript_export_in_python(tmp_path):
     assert len(list(loaded.parameters())) == len(ours.weights())
 
 
-# ---------------------------------------------------------------- attention_lse
-
-
-def reference_lse(q, k, key_mask, scale, causal):
-    s = (q @ k.transpose(-1, -2)) * scale
-    nq, nk = q.shape[-2], k.shape[-2]
-    allowed = torch.ones(nq, nk, dtype=torch.bool)
-    if causal:
-        allowed = torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq)
-    allowed = allowed.expand(q.shape[0], 1, nq, nk)
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :]
-    return s.masked_fill(~allowed, torch.finfo(s.dtype).min).logsumexp(-1)
-
-
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("with_mask", [True, False])
-def test_attention_lse_reference_gradcheck_opcheck(causal, with_mask):
-    torch.manual_seed(0)
-    b, h, nq, nk, d = 2, 3, 5, 7, 4
-    q = torch.randn(b, h, nq, d, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(b, h, nk, d, dtype=torch.float64, requires_grad=True)
-    mask = None
-    if with_mask:
-        mask = torch.rand(b, nk) > 0.3
-        mask[:, 0] = True
-    lse = torch.ops.arwrap.attention_lse(q, k, mask, 0.7, causal)
-    assert torch.allclose(lse, reference_lse(q, k, mask, 0.7, causal))
-    g = torch.randn_like(lse)
-    dq, dk = torch.autograd.grad(lse, (q, k), g)
-    rq, rk = torch.autograd.grad(reference_lse(q, k, mask, 0.7, causal), (q, k), g)
-    assert torch.allclose(dq, rq) and torch.allclose(dk, rk)
-    assert torch.autograd.gradcheck(lambda a, c: torch.ops.arwrap.attention_lse(a, c, mask, 0.7, causal), (q, k))
-    opcheck(torch.ops.arwrap.attention_lse.default, (q.detach().float().requires_grad_(),
-                                                      k.detach().float().requires_grad_(), mask, 0.7, causal))
-
-
-def test_attention_lse_many_rows_in_blocks():
-    """Rows beyond one block (the kernel recomputes scores in row blocks), float32 vs float64."""
-    torch.manual_seed(1)
-    q = torch.randn(1, 1, 3000, 8)
-    k = torch.randn(1, 1, 3000, 8)
-    lse = torch.ops.arwrap.attention_lse(q, k, None, 0.35, True)
-    assert torch.allclose(lse.double(), reference_lse(q.double(), k.double(), None, 0.35, True), atol=1e-4)
-
-
-def test_attention_lse_bad_input():
-    q = torch.randn(1, 2, 3, 4)
-    with pytest.raises(ValueError, match="must agree"):
-        torch.ops.arwrap.attention_lse(q, torch.randn(1, 2, 3, 5), None, 1.0, True)
-    with pytest.raises(ValueError, match="key_mask"):
-        torch.ops.arwrap.attention_lse(q, q, torch.ones(1, 4, dtype=torch.bool), 1.0, True)
-    with pytest.raises(ValueError, match="more positions"):
-        torch.ops.arwrap.attention_lse(torch.randn(1, 2, 5, 4), q, None, 1.0, True)
-
-
 # ---------------------------------------------------------------- the model-level operators
 
 STATIC = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
@@ -401,18 +345,6 @@ def test_bfloat16_net_trains_and_generates():
     assert loss.dtype == torch.float32 and abs(loss.item() - ref) < 2e-2 * abs(ref)
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in net.parameters())
     assert w.generate(x[:, :3], 4, temperature=0.0).shape == (3, 4)
-
-
-def test_attention_lse_bfloat16_accumulates_in_float32():
-    torch.manual_seed(2)
-    q, k = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
-    qb, kb = q.bfloat16().requires_grad_(), k.bfloat16().requires_grad_()
-    lse = torch.ops.arwrap.attention_lse(qb, kb, None, 0.5, True)
-    assert lse.dtype == torch.float32
-    ref = reference_lse(qb.detach().double(), kb.detach().double(), None, 0.5, True)
-    assert torch.allclose(lse.double(), ref, atol=1e-5)
-    dq, dk = torch.autograd.grad(lse.sum(), (qb, kb))
-    assert dq.dtype == dk.dtype == torch.bfloat16
 
 
 def test_native_net_fuses_its_head_without_being_asked(recwarn):

@@ -1,16 +1,15 @@
 """arwrap_cpp.AutoregressiveWrapper against x-transformers' own AutoregressiveWrapper (2.31.10)."""
 import copy
 import warnings
-from typing import Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from x_transformers import AutoregressiveWrapper as XTWrapper
 from x_transformers import Decoder, TransformerWrapper
 
 from arwrap_cpp import AutoregressiveWrapper
+from scripted_net import TinyScriptedDecoder, scripted_decoder
 
 V, SEQ, DIM = 61, 33, 32
 
@@ -307,41 +306,6 @@ def test_bad_input_names_the_argument():
 
 
 # ------------------------------------------------------------------ TorchScript net
-
-class TinyScriptedDecoder(nn.Module):
-    """A small causal decoder, scripted: what a pure C++ deployment would load."""
-
-    num_tokens: int
-
-    def __init__(self, num_tokens: int = 40, dim: int = 24, max_seq_len: int = 64):
-        super().__init__()
-        self.num_tokens = num_tokens
-        self.emb = nn.Embedding(num_tokens, dim)
-        self.pos = nn.Embedding(max_seq_len, dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.norm = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.to_logits = nn.Linear(dim, num_tokens)
-
-    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        n = tokens.shape[1]
-        h = self.emb(tokens) + self.pos(torch.arange(n, device=tokens.device))
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
-        attn_mask = causal.unsqueeze(0)
-        if mask is not None:
-            attn_mask = attn_mask & mask.unsqueeze(1)
-        h = h + F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        h = h + self.ff(self.norm(h))
-        return self.to_logits(h)
-
-
-def scripted_decoder():
-    torch.manual_seed(3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(TinyScriptedDecoder())
-
 
 def test_torchscript_net_in_the_cpp_wrapper_matches_eager():
     scripted = scripted_decoder()

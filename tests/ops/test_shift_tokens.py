@@ -5,7 +5,13 @@ import torch.nn.functional as F
 from x_transformers import AutoregressiveWrapper
 from x_transformers.autoregressive_wrapper import lens_to_mask
 
+import arwrap_cpp
 from arwrap_cpp import shift_tokens
+from op_checks import check_against_reference, check_compile, check_opcheck, need
+from op_references import DEVICES as DEVICES_ALL
+from op_references import reference_shift_tokens, sample_inputs_shift_tokens
+
+OP = torch.ops.arwrap.shift_tokens.default
 
 
 class RecordingNet(torch.nn.Module):
@@ -163,3 +169,64 @@ def test_bad_input_names_the_argument():
         shift_tokens(bad)
     # a negative id past lens is padding, not an error
     shift_tokens(bad, lens=torch.tensor([8, 2, 8]))
+
+
+# ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
+
+cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
+    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
+)
+
+
+@cuda
+@pytest.mark.parametrize("keep_last", [False, True])
+@pytest.mark.parametrize("mask_token_id", [None, 7])
+def test_shift_tokens_cuda_equals_cpu(keep_last, mask_token_id):
+    x = torch.randint(0, 50, (6, 129))
+    x[2, 10:20] = -100
+    lens = torch.tensor([129, 3, 64, 1, 0, 100])
+    noise = torch.randn(6, 129 if keep_last else 128)
+    noise[1, 5] = noise[1, 6]  # a tie
+    cpu = arwrap_cpp.shift_tokens(x, lens=lens, mask_prob=0.3, mask_token_id=mask_token_id, noise=noise,
+                                  keep_last=keep_last)
+    gpu = arwrap_cpp.shift_tokens(x.cuda(), lens=lens.cuda(), mask_prob=0.3, mask_token_id=mask_token_id,
+                                  noise=noise.cuda(), keep_last=keep_last)
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a, b.cpu())
+    with pytest.raises(IndexError, match="token ids >= 0"):
+        bad = x.clone()
+        bad[0, 3] = -5
+        arwrap_cpp.shift_tokens(bad.cuda())
+
+
+@cuda
+def test_shift_tokens_cuda_opcheck():
+    x = torch.randint(0, 9, (3, 8), device="cuda")
+    torch.library.opcheck(torch.ops.arwrap.shift_tokens.default,
+                          (x, None, torch.randn(3, 7, device="cuda"), -100, 0, 0.3, None, False))
+
+
+# ---------------------------------------------------------------- every sample: reference, gradients, opcheck, compile
+# (one reference and one sample_inputs per operator: op_references.py; the checks: op_checks.py)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_match_reference_with_random_upstream(device):
+    need(device)
+    for args in sample_inputs_shift_tokens(device):
+        check_against_reference(OP, reference_shift_tokens, args)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_opcheck(device):
+    need(device)
+    for args in sample_inputs_shift_tokens(device, None):
+        check_opcheck(OP, args)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_compile(device):
+    need(device)
+    for args in sample_inputs_shift_tokens(device):
+        check_compile(OP, args)

@@ -5,8 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import arwrap_cpp
 from arwrap_cpp import cross_entropy, linear_cross_entropy
-from conftest import reference_cross_entropy as ref
+from op_checks import check_against_reference, check_compile, check_opcheck, need
+from op_references import DEVICES as DEVICES_ALL
+from op_references import reference_linear_cross_entropy, sample_inputs_linear_cross_entropy
+from op_references import reference_cross_entropy as ref
+
+OP = torch.ops.arwrap.linear_cross_entropy.default
 
 
 def make(shape, D, V, dtype=torch.float32, bias=True, ignore_frac=0.1):
@@ -261,3 +267,59 @@ def test_device_generic_path_all_ignored_and_bf16():
     loss, _, gh, gw, gb = torch.ops.arwrap._linear_cross_entropy_forward_generic(h, W, b, t, -100, 1, 0.0, 0.0,
                                                                                 [True, True, True])
     assert loss.item() == 0.0 and torch.all(gh == 0) and torch.all(gw == 0) and gw.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
+
+cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
+    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
+)
+CUDA_TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_cuda_equals_cpu(dtype, reduction):
+    N, D, V = 300, 64, 1009
+    h = torch.randn(N, D).to(dtype)
+    W = (torch.randn(V, D) / 8).to(dtype)
+    b = (torch.randn(V) * 0.1).to(dtype)
+    t = torch.randint(0, V, (N,))
+    t[::5] = -100
+    up = torch.randn(N) if reduction == "none" else torch.tensor(1.3)
+    res = {}
+    for dev in ("cpu", "cuda"):
+        hh, WW, bb = (x.to(dev).clone().requires_grad_(True) for x in (h, W, b))
+        loss = arwrap_cpp.linear_cross_entropy(hh, WW, t.to(dev), bias=bb, reduction=reduction)
+        loss.backward(up.to(dev))
+        res[dev] = [loss.detach().cpu().double()] + [x.grad.cpu().double() for x in (hh, WW, bb)]
+    tol = CUDA_TOL[dtype] * 5
+    for a, c in zip(res["cuda"], res["cpu"]):
+        assert (a - c).abs().max() <= tol * c.abs().max().clamp(min=1e-6)
+
+
+# ---------------------------------------------------------------- every sample: reference, gradients, opcheck, compile
+# (one reference and one sample_inputs per operator: op_references.py; the checks: op_checks.py)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_match_reference_with_random_upstream(device):
+    need(device)
+    for args in sample_inputs_linear_cross_entropy(device):
+        check_against_reference(OP, reference_linear_cross_entropy, args)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_opcheck(device):
+    need(device)
+    for args in sample_inputs_linear_cross_entropy(device, torch.float32):
+        check_opcheck(OP, args)
+
+
+@pytest.mark.parametrize("device", DEVICES_ALL)
+def test_samples_compile(device):
+    need(device)
+    for args in sample_inputs_linear_cross_entropy(device):
+        check_compile(OP, args)

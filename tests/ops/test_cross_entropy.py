@@ -1,4 +1,5 @@
-"""Fused cross-entropy: against float64, PyTorch and x-transformers' own cross_entropy."""
+"""Fused cross-entropy: against float64, PyTorch and x-transformers' own cross_entropy
+(the operator machinery, opcheck, gradcheck, compile and TorchScript: test_cross_entropy_operator.py)."""
 import subprocess
 import sys
 import textwrap
@@ -8,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import arwrap_cpp
 from arwrap_cpp import cross_entropy
-from conftest import reference_cross_entropy as ref
+from op_references import reference_cross_entropy as ref
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -233,7 +235,7 @@ def test_other_instruction_sets_agree(isa):
         """
         import torch, arwrap_cpp, sys
         sys.path.insert(0, %r)
-        from conftest import reference_cross_entropy as ref
+        from op_references import reference_cross_entropy as ref
         torch.manual_seed(1)
         z = torch.randn(37, 3001) * 4; t = torch.randint(0, 3001, (37,)); t[::5] = -100
         x = z.clone().requires_grad_(True); l = arwrap_cpp.cross_entropy(x, t, label_smoothing=0.1); l.backward()
@@ -303,87 +305,6 @@ def test_mismatched_devices_meta():
         cross_entropy(torch.randn(3, 5, device="meta"), torch.tensor([0, 1, 2]))
 
 
-# ------------------------------------------------------------------ operator machinery
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("return_lse", [False, True])
-def test_opcheck(reduction, return_lse):
-    logits, target = make((4, 7), 23)
-    for dtype in [torch.float32, torch.float64]:
-        x = logits.to(dtype).requires_grad_(True)
-        torch.library.opcheck(torch.ops.arwrap.cross_entropy.default,
-                              (x, target, -100, reduction, 0.1, 1e-3, False, return_lse))
-    # internal operators
-    x = logits.clone()
-    red = {"none": 0, "mean": 1, "sum": 2}[reduction]
-    torch.library.opcheck(torch.ops.arwrap.cross_entropy_forward.default, (x, target, -100, red, 0.0, 0.0))
-    torch.library.opcheck(torch.ops.arwrap.cross_entropy_forward_grad.default, (x, target, -100, red, 0.1, 0.0))
-    torch.library.opcheck(torch.ops.arwrap.cross_entropy_forward_grad_.default, (x.clone(), target, -100, red, 0.0, 0.0))
-    loss, lse = torch.ops.arwrap.cross_entropy_forward(x, target, -100, red, 0.0, 0.0)
-    gl = torch.ones_like(loss)
-    torch.library.opcheck(torch.ops.arwrap.cross_entropy_backward.default, (gl, None, x, target, lse, -100, red, 0.0, 0.0))
-    torch.library.opcheck(torch.ops.arwrap.cross_entropy_backward_.default, (gl, lse.clone(), x.clone(), target, lse, -100, red, 0.0, 0.0))
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.2), dict(z_loss_weight=0.05)])
-def test_gradcheck(reduction, opts):
-    logits, target = make((3, 4), 7)
-    x = logits.double().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: cross_entropy(z, target, reduction=reduction, **opts), (x,))
-    assert torch.autograd.gradcheck(
-        lambda z: cross_entropy(z, target, reduction=reduction, return_lse=True, **opts), (x,))
-
-
-def test_torch_compile_fullgraph_forward_backward():
-    logits, target = make((4, 9), 101)
-
-    def step(x, t):
-        return cross_entropy(x * 2.0, t, label_smoothing=0.1)
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    a, ga = grads(lambda x: compiled(x, target), logits)
-    b, gb = grads(lambda x: step(x, target), logits)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(ga, gb)
-
-
-@pytest.mark.slow
-def test_torch_compile_inductor_dynamic():
-    def step(x, t):
-        return cross_entropy(torch.tanh(x) * 5.0, t, inplace_backward=True)
-
-    compiled = torch.compile(step, fullgraph=True, dynamic=True)
-    for rows in [6, 11]:
-        logits, target = make((rows,), 57)
-        a, ga = grads(lambda x: compiled(x, target), logits)
-        b, gb = grads(lambda x: step(x, target), logits)
-        torch.testing.assert_close(a, b)
-        torch.testing.assert_close(ga, gb)
-
-
-class ScriptedLoss(torch.nn.Module):
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss, lse = torch.ops.arwrap.cross_entropy(logits, target, -100, "mean", 0.0, 1e-4, False, False)
-        return loss
-
-
-def test_torchscript_script_save_load(tmp_path):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        m = torch.jit.script(ScriptedLoss())
-        path = tmp_path / "loss.pt"
-        m.save(str(path))
-        loaded = torch.jit.load(str(path))
-    logits, target = make((3, 8), 29)
-    a, ga = grads(lambda x: loaded(x, target), logits)
-    b, gb = grads(lambda x: cross_entropy(x, target, z_loss_weight=1e-4), logits)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(ga, gb)
-
-
 def test_single_row_and_empty_batch():
     z = torch.randn(11, dtype=torch.float64, requires_grad=True)
     t = torch.tensor(4)
@@ -397,3 +318,74 @@ def test_single_row_and_empty_batch():
     le.backward()
     assert e.grad.shape == (0, 7)
     assert cross_entropy(e, torch.zeros(0, dtype=torch.long), reduction="none").shape == (0,)
+
+
+# ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
+
+cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
+    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
+)
+CUDA_TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("V", [1, 7, 1009, 32000, 128256])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cross_entropy_cuda_equals_cpu(dtype, reduction, V, inplace):
+    rows = 37 if V < 100000 else 5
+    z = (torch.randn(rows, V, dtype=torch.float64) * 3).to(dtype)
+    t = torch.randint(0, V, (rows,))
+    t[::4] = -100
+    up = torch.randn(rows) if reduction == "none" else torch.tensor(0.7)
+    ldt = torch.float64 if dtype == torch.float64 else torch.float32
+    out = {}
+    for dev in ("cpu", "cuda"):
+        x = z.to(dev).clone().requires_grad_(True)
+        lg = x * 1  # a non-leaf, as in a model
+        loss = arwrap_cpp.cross_entropy(lg, t.to(dev), reduction=reduction, label_smoothing=0.05,
+                                        z_loss_weight=1e-4, inplace_backward=inplace)
+        loss.backward(up.to(dev, ldt))
+        out[dev] = (loss.detach().cpu().double(), x.grad.cpu().double())
+    r = ref(z.double(), t, reduction=reduction, label_smoothing=0.05, z_loss_weight=1e-4)
+    tol = CUDA_TOL[dtype]
+    assert (out["cuda"][0] - r).abs().max() <= tol * r.abs().max().clamp(min=1)
+    g_scale = out["cpu"][1].abs().max().clamp(min=1e-6)
+    assert (out["cuda"][1] - out["cpu"][1]).abs().max() <= 4 * tol * g_scale
+
+
+@cuda
+def test_cross_entropy_cuda_all_ignored_and_bad_targets():
+    z = torch.randn(4, 10, device="cuda", requires_grad=True)
+    loss = arwrap_cpp.cross_entropy(z, torch.full((4,), -100, device="cuda"))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(z.grad == 0)
+    with pytest.raises(IndexError, match=r"target must be in \[0, 10\)"):
+        arwrap_cpp.cross_entropy(torch.randn(3, 10, device="cuda"), torch.tensor([1, 10, 2], device="cuda"))
+    with pytest.raises(ValueError, match="same device"):
+        arwrap_cpp.cross_entropy(torch.randn(3, 10, device="cuda"), torch.tensor([1, 2, 3]))
+
+
+@cuda
+def test_cross_entropy_cuda_64bit_indexing():
+    """rows x V > 2^31 elements: 64-bit offsets in the kernel."""
+    rows, V = 16800, 128256  # 2.15e9 elements, 4.3 GB in bf16
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with 24 GiB or more")
+    z = torch.randn(rows, V, device="cuda", dtype=torch.bfloat16)
+    t = torch.randint(0, V, (rows,), device="cuda")
+    loss = arwrap_cpp.cross_entropy(z, t, reduction="none")
+    # reference, one chunk at a time in float32
+    r = torch.cat([F.cross_entropy(c.float(), tc, reduction="none") for c, tc in zip(z.split(2048), t.split(2048))])
+    torch.testing.assert_close(loss, r, rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(loss[-1])
+
+
+@cuda
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_cuda_opcheck(reduction):
+    z = torch.randn(4, 7, 23, device="cuda", requires_grad=True)
+    t = torch.randint(0, 23, (4, 7), device="cuda")
+    torch.library.opcheck(torch.ops.arwrap.cross_entropy.default, (z, t, -100, reduction, 0.1, 1e-3, False, False))
