@@ -6,6 +6,7 @@
 #include "checkpoint.h"
 #include "data_parallel.h"
 #include "metrics.h"
+#include "precision.h"
 #include <arwrap/corpus.h>
 
 #include <arwrap/arwrap.h>
@@ -53,6 +54,7 @@ struct Args {
   double lr = 2e-3, weight_decay = -1;  // -1: torch's default for the optimizer (0 adam, 0.01 adamw)
   int64_t warmup = 50;
   std::string optimizer = "adam";
+  std::string precision;  // fp32 or bf16; empty: the machine's default (precision.h)
   int64_t log_every = 10, val_every = 50, val_windows = 32, sample_every = 100, sample_len = 256, save_every = 100;
   double temperature = 0.8;
   std::string checkpoint = "arwrap-train.pt";
@@ -93,6 +95,9 @@ training (on --resume, left-out flags take the checkpoint's values)
   --warmup N           warmup steps (default 50)
   --optimizer NAME     adam or adamw (default adam)
   --weight-decay F     default 0 for adam, 0.01 for adamw
+  --precision P        fp32, or bf16: mixed precision (autocast: bfloat16 products, float32
+                       parameters, gradients and optimizer state). Default bf16 where the CPU
+                       has native bfloat16 products (avx512_bf16 or AMX), else fp32
   --seed N             seeds the initial weights, the batches (step s draws from (seed, s)) and samples
   --threads N          CPU threads (default: torch's, all cores). On a busy machine set
                        OMP_WAIT_POLICY=PASSIVE (scripts/train.sh does) or use fewer threads.
@@ -164,6 +169,9 @@ void set_flag(Args& a, const std::string& name, const std::string& v) {
   else if (name == "optimizer") {
     if (v != "adam" && v != "adamw") fail("--optimizer must be adam or adamw, got '" + v + "'");
     a.optimizer = v;
+  } else if (name == "precision") {
+    if (v != "fp32" && v != "bf16") fail("--precision must be fp32 or bf16, got '" + v + "'");
+    a.precision = v;
   } else if (name == "seed") a.seed = parse_int(f, v, 0);
   else if (name == "threads") a.threads = parse_int(f, v, 1);
   else if (name == "log-every") a.log_every = parse_int(f, v, 1);
@@ -187,7 +195,8 @@ void set_flag(Args& a, const std::string& name, const std::string& v) {
 // The flags a resumed run takes from the checkpoint when they are not given again.
 const std::vector<std::string> kTrainFlags = {
     "data", "ext", "max-bytes", "steps", "batch", "accum", "lr", "warmup", "optimizer", "weight-decay", "seed",
-    "log-every", "val-every", "val-windows", "sample-every", "sample-len", "temperature", "save-every", "metrics"};
+    "precision", "log-every", "val-every", "val-windows", "sample-every", "sample-len", "temperature", "save-every",
+    "metrics"};
 
 std::string flag_value(const Args& a, const std::string& name) {
   std::ostringstream s;
@@ -203,6 +212,7 @@ std::string flag_value(const Args& a, const std::string& name) {
   else if (name == "optimizer") s << a.optimizer;
   else if (name == "weight-decay" && a.weight_decay >= 0) s << a.weight_decay;
   else if (name == "seed") s << a.seed;
+  else if (name == "precision") s << a.precision;
   else if (name == "log-every") s << a.log_every;
   else if (name == "val-every") s << a.val_every;
   else if (name == "val-windows") s << a.val_windows;
@@ -480,6 +490,8 @@ int run(int argc, char** argv) {
   Data data = load_data(a, seq_len);
   std::printf("corpus: %s; %lld train / %lld validation bytes\n", data.source.c_str(),
               static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()));
+  const train::Precision precision =
+      a.precision.empty() ? train::default_precision(c10::DeviceType::CPU) : train::parse_precision(a.precision);
   if (a.eval_only) {
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
     std::printf("step %lld  val_loss %.6f  (%lld windows of %lld bytes)\n", static_cast<long long>(ckpt->step), loss,
@@ -538,6 +550,11 @@ int run(int argc, char** argv) {
               static_cast<long long>(a.accum), static_cast<long long>(seq_len), a.optimizer.c_str(), a.lr,
               static_cast<long long>(a.warmup), static_cast<long long>(a.seed),
               ckpt ? (", resumed from " + a.checkpoint).c_str() : "");
+  std::printf("precision: %s (%s)%s\n", train::precision_name(precision),
+              train::precision_reason(precision, c10::DeviceType::CPU, !a.precision.empty()).c_str(),
+              precision == train::Precision::BF16
+                  ? "; autocast: bfloat16 products, float32 parameters, gradients and optimizer state"
+                  : "");
   std::printf("%s\n", dp.header(a.batch * a.accum * seq_len).c_str());
   if (start_step >= a.steps) {
     std::printf("checkpoint %s is at step %lld and --steps is %lld: nothing to train (pass a larger --steps)\n",
@@ -549,6 +566,7 @@ int run(int argc, char** argv) {
   train::MetricsOptions metrics_options;
   metrics_options.enabled = dp.is_main();  // rank 0 writes the file
   if (dp.world_size() > 1) metrics_options.world_size = dp.world_size();
+  metrics_options.precision = train::precision_name(precision);
   train::MetricsWriter metrics(a.metrics.empty() ? train::default_metrics_path(a.checkpoint) : a.metrics, start_step,
                                ckpt.has_value(), metrics_options);
   std::printf("metrics: %s\n", metrics.path().c_str());
@@ -565,7 +583,7 @@ int run(int argc, char** argv) {
     c.train_args = train_args_string(a);
     train::save_checkpoint(a.checkpoint, c);
   };
-  auto validate = [&](int64_t step) {
+  auto validate = [&](int64_t step) {  // in float32 whatever --precision: one scale for every run
     if (!dp.is_main()) return std::nan("");  // rank 0 validates
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
     std::printf("step %5lld  val_loss %.6f  (bits/byte %.3f)\n", static_cast<long long>(step), loss,
@@ -614,7 +632,11 @@ int run(int argc, char** argv) {
       std::vector<at::Tensor> parts;
       for (auto& rng : rngs) parts.push_back(random_batch(data, seq_len, a.batch, rng));
       if (i == a.accum - 1) dp.before_last_backward();
-      auto loss = model->forward(parts.size() == 1 ? parts[0] : torch::cat(parts)).loss;
+      at::Tensor loss;
+      {  // the forward in the run's precision; the backward follows the recorded casts
+        train::PrecisionScope in_precision(precision, c10::DeviceType::CPU);
+        loss = model->forward(parts.size() == 1 ? parts[0] : torch::cat(parts)).loss;
+      }
       (loss / static_cast<double>(a.accum)).backward();
       loss_sum += loss.item<double>();
     }

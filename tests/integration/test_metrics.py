@@ -86,7 +86,9 @@ def test_trainer_writes_json_lines_beside_the_checkpoint(first_run):
     walls = [r["wall_s"] for r in recs]
     assert walls == sorted(walls) and walls[-1] > 0
     assert recs[-1]["val_loss"] < recs[0]["val_loss"]
-    assert not any(k in r for r in recs for k in ("precision", "world_size"))  # set only when known
+    precision = re.search(r"^precision: (fp32|bf16) ", out, re.M).group(1)  # the header's
+    assert all(r["precision"] == precision for r in recs)
+    assert not any("world_size" in r for r in recs)  # one process: set only in data-parallel runs
 
 
 @pytest.mark.slow

@@ -1,0 +1,415 @@
+"""The training step against x-transformers at its fastest, in float32 and bfloat16,
+with the floor of each configuration and precision:
+
+* contenders (loss = wrapper(x); loss.backward(), same weights and batch):
+    xt_default          x-transformers, default attention                     float32
+    xt_flash            x-transformers, attn_flash=True                       float32
+    xt_flash_compiled   the same under torch.compile                          float32
+    xt_flash_bf16       attn_flash=True under torch.autocast("cpu", bf16)    bfloat16
+    xt_flash_compiled_bf16  the same, compiled                               bfloat16
+    arwrap_xt_net       our wrapper around x-transformers' flash net          float32
+    native_fp32         arwrap_cpp.TransformerWrapper + our wrapper           float32
+    native_bf16         the same under torch.autocast("cpu", bf16)           bfloat16
+* floor (per configuration and precision): the step's matrix products (projections,
+  attention products with the causal half skipped, feed-forward, head; forward and the
+  two backward products of each), run alone as torch.mm / torch.bmm at their shapes and
+  dtype, timed round-robin with the contenders in their process: FLOPs / that rate.
+* the trainer: arwrap-train's tokens/s against the same model and loop in Python
+  (x-transformers attn_flash=True, Adam, clip_grad_norm 0.5; autocast for bf16), with
+  --trainer PATH (a built examples/train).
+
+    python bench/bench_step.py                                  # A, B, C, T (the trainer's model)
+    python bench/bench_step.py --configs tiny --repeats 1       # a smoke test of this script
+    python bench/bench_step.py --configs B --profile native_bf16   # where the time goes
+    python bench/bench_step.py --configs '' --trainer build/train/arwrap-train --trainer-steps 20
+
+Time: one process per configuration runs every contender round-robin (--repeats rounds
+after two warm-up steps each), medians; the floors are two more "contenders" there.
+Memory: each (configuration, contender) in its own process (bench/_measure.py).
+Writes bench/results/step.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
+              "arwrap_xt_net", "native_fp32", "native_bf16")
+CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
+    "A": (256, 512, 6, 4, 1025, 8, False),
+    "B": (256, 256, 4, 8, 513, 8, False),
+    "C": (32000, 512, 2, 4, 513, 8, False),
+    "T": (256, 256, 4, 16, 257, 4, True),  # arwrap-train's default model and batch
+    "tiny": (64, 64, 2, 2, 65, 2, False),  # a smoke test of this script
+}
+DIM_HEAD = 64
+
+
+def is_bf16(contender):
+    return contender.endswith("_bf16")
+
+
+def build(name, V, dim, depth, max_seq_len, heads, rotary):
+    """The contender's (wrapper, net); every contender gets the weights of seed 0."""
+    import torch
+    from x_transformers import AutoregressiveWrapper as XAR
+    from x_transformers import Decoder, TransformerWrapper
+
+    import arwrap_cpp
+
+    dkw = dict(dim=dim, depth=depth, heads=heads, attn_dim_head=DIM_HEAD, rotary_pos_emb=rotary)
+    wkw = dict(num_tokens=V, max_seq_len=max_seq_len, use_abs_pos_emb=not rotary)
+    torch.manual_seed(0)
+    flash = name != "xt_default"
+    xt = TransformerWrapper(**wkw, attn_layers=Decoder(**dkw, attn_flash=flash))
+    if name.startswith("xt_"):
+        w = XAR(xt)
+        if "compiled" in name:
+            w = torch.compile(w)
+        return w, xt
+    if name == "arwrap_xt_net":
+        return arwrap_cpp.AutoregressiveWrapper(xt, fused_head=True), xt
+    net = arwrap_cpp.TransformerWrapper(**wkw, attn_layers=arwrap_cpp.Decoder(**dkw))
+    net.load_state_dict(xt.state_dict())
+    del xt
+    return arwrap_cpp.AutoregressiveWrapper(net), net
+
+
+def step_of(name, wrapper, net, x):
+    import torch
+
+    bf16 = is_bf16(name)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = wrapper(x)
+        loss.backward()
+        for p in net.parameters():
+            p.grad = None
+        return loss.detach()
+    return step
+
+
+# ------------------------------------------------------------------ floor
+
+def step_products(V, dim, depth, b, n, heads):
+    """The step's matrix products: (kind, shape, count, flops) with kind mm (M, K, N) or
+    bmm (batch, M, K, N); each forward product Y = X W^T brings two backward ones."""
+    T, inner, ff = b * n, heads * DIM_HEAD, 4 * dim
+    out = []
+
+    def linear(M, K, N, count):  # forward (M,K)x(K,N), backward dX (M,N)x(N,K), dW (N,M)x(M,K)
+        out.extend([("mm", (M, K, N), count), ("mm", (M, N, K), count), ("mm", (N, M, K), count)])
+
+    linear(T, dim, 3 * inner, depth)  # q, k, v
+    linear(T, inner, dim, depth)  # attention out
+    linear(T, dim, ff, depth)  # feed-forward in
+    linear(T, ff, dim, depth)  # feed-forward out
+    linear(T, dim, V, 1)  # head
+    # attention: S = Q K^T and O = P V forward; dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q
+    # backward; the causal mask lets a fused kernel skip half of every product (count 0.5)
+    BH = b * heads
+    for shape in [(n, DIM_HEAD, n), (n, n, DIM_HEAD)] * 3:
+        out.append(("bmm", (BH, *shape), 0.5 * depth))
+    return [(k, s, c, 2.0 * c * (s[0] * s[1] * s[2] if k == "mm" else s[0] * s[1] * s[2] * s[3]))
+            for k, s, c in out]
+
+
+def floor_step(products, dtype):
+    """A step of the products alone: torch.mm / torch.bmm at each of the step's shapes in
+    `dtype`, each run 2 x count times (counts are multiples of 0.5), so the floor is half
+    its time. Timed round-robin with the contenders, so the machine's load hits it alike.
+    Returns (step, FLOPs of the products)."""
+    import torch
+
+    calls = []
+    for kind, shape, count, _ in products:
+        if kind == "mm":
+            M, K, N = shape
+            a, bb = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)
+            calls.append((torch.mm, a, bb, round(2 * count)))
+        else:
+            B, M, K, N = shape
+            a, bb = torch.randn(B, M, K, dtype=dtype), torch.randn(B, K, N, dtype=dtype)
+            calls.append((torch.bmm, a, bb, round(2 * count)))
+
+    def step():
+        for fn, a, bb, reps in calls:
+            for _ in range(reps):
+                fn(a, bb)
+        return torch.zeros(())
+    return step, sum(f for *_, f in products)
+
+
+# ------------------------------------------------------------------ child processes
+
+def child(args):
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _measure import peak_extra_bytes, round_robin
+
+    torch.set_num_threads(args.threads)
+    V, dim, depth, b, n1, heads, rotary = CONFIGS[args.config]
+    x = torch.randint(0, V, (b, n1), generator=torch.Generator().manual_seed(2))
+    if args.measure == "memory":
+        step = step_of(args.contender, *build(args.contender, V, dim, depth, n1, heads, rotary), x)
+        l0 = step()
+        step()
+        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
+        return
+    if args.measure == "profile":
+        from torch.profiler import ProfilerActivity, profile
+
+        step = step_of(args.contender, *build(args.contender, V, dim, depth, n1, heads, rotary), x)
+        step(), step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=48),
+              file=sys.stderr)
+        print(json.dumps({}))
+        return
+    names = CONTENDERS if args.contender == "all" else args.contender.split(",")
+    steps = {name: step_of(name, *build(name, V, dim, depth, n1, heads, rotary), x) for name in names}
+    prods = step_products(V, dim, depth, b, n1 - 1, heads)
+    flops = {}
+    for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        steps[f"floor_{prec}"], flops[prec] = floor_step(prods, dt)
+    out = round_robin(steps, args.repeats)
+    for prec, f in flops.items():
+        r = out[f"floor_{prec}"]
+        r["time_s"] /= 2  # each product ran twice its count
+        r.update(gflop=f / 1e9, gflops=f / r["time_s"] / 1e9)
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------ the trainer against Python
+
+TRAINER_MODEL = dict(seq_len=256, dim=256, depth=4, heads=4, dim_head=64, batch=16)
+
+
+def python_loop(steps, precision, compiled, threads, data):
+    """x-transformers' flash net with arwrap-train's loop: random windows, Adam lr 2e-3
+    (warmup 50), clip_grad_norm 0.5; tokens/s over the steps after the first."""
+    import torch
+    from x_transformers import AutoregressiveWrapper as XAR
+    from x_transformers import Decoder, TransformerWrapper
+
+    torch.set_num_threads(threads)
+    m = TRAINER_MODEL
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=256, max_seq_len=m["seq_len"], use_abs_pos_emb=False,
+                             attn_layers=Decoder(dim=m["dim"], depth=m["depth"], heads=m["heads"],
+                                                 attn_dim_head=m["dim_head"], rotary_pos_emb=True, attn_flash=True))
+    model = XAR(net)
+    fwd = torch.compile(model) if compiled else model
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    buf = torch.tensor(list(data), dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    t_start = None
+    for s in range(steps + 1):
+        if s == 1:
+            t_start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = 2e-3 * min(1.0, (s + 1) / 50)
+        starts = torch.randint(0, len(buf) - m["seq_len"] - 1, (m["batch"],), generator=g)
+        x = torch.stack([buf[i:i + m["seq_len"] + 1] for i in starts.tolist()])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = fwd(x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+        opt.zero_grad()
+        loss.item()
+    return m["batch"] * m["seq_len"] * steps / (time.perf_counter() - t_start)
+
+
+def trainer_data():
+    """The trainer's default corpus: the Python standard library's .py files, first 4 MB."""
+    import sysconfig
+
+    out, total = [], 0
+    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        b = p.read_bytes()
+        out.append(b)
+        total += len(b)
+        if total > 4_000_000:
+            break
+    return b"".join(out)
+
+
+def run_trainer(trainer, precision, steps, threads, tmp):
+    """arwrap-train's own figure: the 'done: ... (N tokens/s training)' line."""
+    p = subprocess.run([str(trainer), "--precision", precision, "--steps", str(steps), "--threads", str(threads),
+                        "--val-every", "0", "--sample-every", "0", "--save-every", "0", "--max-bytes", "4000000",
+                        "--checkpoint", str(Path(tmp) / f"bench-{precision}.pt")],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    m = re.search(r"\(([\d.]+) tokens/s training\)", p.stdout)
+    head = [line for line in p.stdout.splitlines() if line.startswith("precision:")]
+    return {"tokens_per_s": float(m.group(1)), "header": head[0] if head else ""}
+
+
+def trainer_child(args):
+    """Python loops in this process, round-robin with the C++ trainer's runs."""
+    import tempfile
+
+    data = trainer_data()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for prec in ("fp32", "bf16"):
+            runs = {f"arwrap-train {prec}": lambda: run_trainer(args.trainer, prec, args.trainer_steps,
+                                                                args.threads, tmp),
+                    f"python xt_flash {prec}": lambda: {"tokens_per_s": python_loop(args.trainer_steps, prec, False,
+                                                                                   args.threads, data)},
+                    f"python xt_flash compiled {prec}": lambda: {
+                        "tokens_per_s": python_loop(args.trainer_steps, prec, True, args.threads, data)}}
+            for name, fn in runs.items():
+                print(f"  trainer: {name} ...", file=sys.stderr, flush=True)
+                out[name] = fn()
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------ tables
+
+def tables(configs, results, threads, repeats, trainer, commands=()):
+    import torch
+
+    isa = ""
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+        isa = ", ".join(k for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if caps.get(k))
+    except Exception:  # noqa: BLE001  (older torch)
+        pass
+    lines = [f"{threads} threads, median of --repeats round-robin steps (per command below), torch {torch.__version__}, "
+             f"CPU ISA: {isa}. "
+             "The machine was shared with other jobs while this ran: absolute times are noisy, ratios within one "
+             "configuration (one process, round-robin) are fair.", "",
+             *[f"    {c}" for c in commands], *([""] if commands else []),
+             "Training step (loss = wrapper(x); loss.backward()), dim_head 64. step / floor: the step's time over "
+             "its precision's floor; vs best xt: the fastest x-transformers contender of the same precision over "
+             "this one (>1: we are faster); memory vs leanest xt: peak extra memory over the leanest "
+             "x-transformers contender's.", "",
+             "| config | contender | precision | step ms | step / floor | vs best xt | peak extra MB | "
+             "memory vs leanest xt | loss |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cfg in configs:
+        V, dim, depth, b, n1, heads, rotary = CONFIGS[cfg]
+        label = f"{cfg}: V={V}, dim {dim}, depth {depth}, heads {heads}, ({b}, {n1}){', rotary' if rotary else ''}"
+        rs = {r["contender"]: r for r in results if r["config"] == cfg}
+        ok = {c: r for c, r in rs.items() if "error" not in r and "time_s" in r}
+        for prec in ("fp32", "bf16"):
+            fl = ok.get(f"floor_{prec}")
+            xts = [r for c, r in ok.items() if c.startswith("xt_") and (is_bf16(c) == (prec == "bf16"))]
+            best = min((r["time_s"] for r in xts), default=float("nan"))
+            lean = min((r["peak_extra_bytes"] for r in ok.values() if r["contender"].startswith("xt_")
+                        and math.isfinite(r.get("peak_extra_bytes", float("nan")))), default=float("nan"))
+            if fl:
+                lines.append(f"| {label} | floor ({fl['gflop']:.3g} GFLOP at {fl['gflops']:.0f} GFLOP/s) | {prec} | "
+                             f"{fl['time_s'] * 1e3:.0f} | 1.00 | | | | |")
+            for c, r in rs.items():
+                if c.startswith("floor") or is_bf16(c) != (prec == "bf16"):
+                    continue
+                if c not in ok:
+                    lines.append(f"| {label} | {c} | {prec} | error: {r.get('error', '?')[:70]} | | | | | |")
+                    continue
+                ratio = r["time_s"] / fl["time_s"] if fl else float("nan")
+                mem = r.get("peak_extra_bytes", float("nan"))
+                mem_ratio = f"{mem / lean:.2f}" if lean > 0 and math.isfinite(mem) else "n/a"
+                lines.append(f"| {label} | {c} | {prec} | {r['time_s'] * 1e3:.0f} | {ratio:.2f} | "
+                             f"{best / r['time_s']:.2f}x | {mem / 2**20:.0f} | {mem_ratio} | {r['loss']:.4f} |")
+    if trainer:
+        lines += ["", f"arwrap-train against the same model and loop in Python ({TRAINER_MODEL}, Adam, "
+                      "clip_grad_norm 0.5; x-transformers attn_flash=True; autocast for bf16), tokens/s after the "
+                      "first step:", "",
+                  "| run | tokens/s | arwrap-train / this |", "|---|---:|---:|"]
+        for name, r in trainer.items():
+            if "error" in r:
+                lines.append(f"| {name} | error: {r['error'][:80]} | |")
+                continue
+            prec = name.split()[-1]
+            ours = trainer.get(f"arwrap-train {prec}", {}).get("tokens_per_s", float("nan"))
+            lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {ours / r['tokens_per_s']:.2f}x |")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="A,B,C,T")
+    ap.add_argument("--contenders", default="all", help="comma-separated subset of " + ",".join(CONTENDERS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-memory", action="store_true", help="time only (no per-contender memory processes)")
+    ap.add_argument("--profile", metavar="CONTENDER", help="print torch.profiler's table of one step and exit")
+    ap.add_argument("--trainer", help="a built arwrap-train: compare its tokens/s with the loop in Python")
+    ap.add_argument("--trainer-steps", type=int, default=30)
+    ap.add_argument("--out", default=str(HERE / "results" / "step"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the results already in OUT.json for configurations not measured in this run")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return trainer_child(args) if args.measure == "trainer" else child(args)
+    sys.path.insert(0, str(HERE))
+    from _measure import run_isolated, write_results
+
+    configs = [c for c in args.configs.split(",") if c]
+    common = ["--threads", args.threads, "--repeats", args.repeats]
+    if args.profile:
+        for cfg in configs:
+            subprocess.run([sys.executable, __file__, "--child", "--measure", "profile", "--config", cfg,
+                            "--contender", args.profile, *map(str, common)])
+        return
+    contenders = CONTENDERS if args.contenders == "all" else tuple(args.contenders.split(","))
+    import torch
+
+    out_json = Path(args.out).with_suffix(".json")
+    old = json.loads(out_json.read_text()) if args.merge and out_json.exists() else {}
+    results = [r for r in old.get("results", []) if r["config"] not in configs]
+    trainer = old.get("trainer")
+    commands = list(old.get("commands", []))
+    if configs or args.trainer:
+        commands.append("python bench/bench_step.py " + " ".join(sys.argv[1:]))
+
+    def save():
+        done = list(dict.fromkeys([r["config"] for r in results]))
+        order = [c for c in CONFIGS if c in done]
+        lines = tables(order, results, args.threads, args.repeats, trainer, commands)
+        write_results(args.out, lines, {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+                                        "commands": commands,
+                                        "configs": {c: CONFIGS[c] for c in order}, "results": results,
+                                        "trainer": trainer})
+
+    for cfg in configs:
+        print(f"  {cfg} time (round-robin) and floors ...", file=sys.stderr, flush=True)
+        timed = run_isolated(__file__, ["--config", cfg, "--contender", ",".join(contenders), *common],
+                             measures=("time",))
+        for c in list(contenders) + ["floor_fp32", "floor_bf16"]:
+            r = {"config": cfg, "contender": c}
+            r.update({"error": timed["error"]} if "error" in timed else timed[c])
+            if not c.startswith("floor") and "error" not in r and not args.no_memory:
+                print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
+                mem = run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",))
+                r["peak_extra_bytes"] = mem.get("peak_extra_bytes", float("nan"))
+            results.append(r)
+        save()  # after every configuration: a long run that stops keeps what it measured
+    if args.trainer:
+        trainer = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
+                                          "--threads", args.threads], measures=("trainer",))
+    save()
+
+
+if __name__ == "__main__":
+    main()
