@@ -1,4 +1,5 @@
 #include "data_parallel.h"
+#include "flags.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Logging.h>
@@ -25,32 +26,16 @@ or set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; docs/distributed.md)
 namespace {
 int g_rank = 0, g_world = 1;
 
-[[noreturn]] void fail(const std::string& m) { throw std::runtime_error(m); }
-
-double number(const std::string& flag, const std::string& v, double min) {
-  size_t pos = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &pos);
-  } catch (...) {
-    pos = 0;
-  }
-  if (pos == 0 || pos != v.size() || !std::isfinite(x)) fail(flag + " expects a number, got '" + v + "'");
-  if (x < min) fail(flag + " must be >= " + std::to_string(min) + ", got " + v);
-  return x;
-}
 }  // namespace
 
 bool set_dist_flag(DistFlags& f, const std::string& name, const std::string& v) {
   if (name == "dist-timeout") {
-    f.timeout_s = number("--dist-timeout", v, 0);
+    f.timeout_s = parse_float("--dist-timeout", v, 0);
     if (f.timeout_s < 0.001) fail("--dist-timeout must be positive, got " + v);
   } else if (name == "as-ranks") {
-    const double x = number("--as-ranks", v, 1);
-    if (x != std::floor(x)) fail("--as-ranks expects an integer, got '" + v + "'");
-    f.as_ranks = static_cast<int64_t>(x);
+    f.as_ranks = parse_int("--as-ranks", v, 1);
   } else if (name == "bucket-mb") {
-    f.bucket_mb = number("--bucket-mb", v, 0);
+    f.bucket_mb = parse_float("--bucket-mb", v, 0);
     if (f.bucket_mb <= 0) fail("--bucket-mb must be positive, got " + v);
   } else if (name == "overlap") {
     if (v != "on" && v != "off") fail("--overlap must be on or off, got '" + v + "'");

@@ -198,12 +198,12 @@ def test_bad_checkpoints(trainer, corpus, trained, tmp_path):
 
 
 def _accepted_flags():
-    """Every flag the trainer's parser accepts, read from its source (`name == "..."` in the
-    file that defines set_flag, the parser)."""
+    """Every flag the trainer's parsers accept, read from their sources (`name == "..."` in
+    the files that define set_flag or set_dist_flag)."""
     names = set()
     for src in (ROOT / "examples" / "train").glob("*.cpp"):
         text = src.read_text()
-        if "void set_flag(" in text:
+        if re.search(r"\b(void|bool) set_(dist_)?flag\(", text):
             names |= set(re.findall(r'name == "([a-z][a-z0-9-]*)"', text))
     return names | {"help"}
 
