@@ -89,10 +89,14 @@ def round_robin(steps: dict, repeats: int) -> dict:
     return {name: {"time_s": statistics.median(t), "loss": first[name]} for name, t in times.items()}
 
 
-def training_step(wrapper, net, x):
-    """One timed training step: loss = wrapper(x); loss.backward(), the net's gradients cleared."""
+def training_step(wrapper, net, x, autocast_dtype=None):
+    """One timed training step: loss = wrapper(x); loss.backward(), the net's gradients cleared;
+    the forward under torch.autocast("cpu", autocast_dtype) when one is given."""
+    import torch
+
     def step():
-        loss = wrapper(x)
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = wrapper(x)
         loss.backward()
         for p in net.parameters():
             p.grad = None

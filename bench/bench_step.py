@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -85,17 +84,9 @@ def build(name, V, dim, depth, max_seq_len, heads, rotary):
 
 def step_of(name, wrapper, net, x):
     import torch
+    from _measure import training_step
 
-    bf16 = is_bf16(name)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = wrapper(x)
-        loss.backward()
-        for p in net.parameters():
-            p.grad = None
-        return loss.detach()
-    return step
+    return training_step(wrapper, net, x, torch.bfloat16 if is_bf16(name) else None)
 
 
 # ------------------------------------------------------------------ floor

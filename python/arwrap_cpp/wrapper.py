@@ -305,19 +305,12 @@ class AutoregressiveWrapper(nn.Module):
         through its defining module (never through a name a user may have replaced).
         """
         from . import dropin
-        if self._native:
-            return dropin.generate_native(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
-                                          prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
-                                          restrict_to_max_seq_len=restrict_to_max_seq_len,
-                                          amateur_model=amateur_model, filter_kwargs=filter_kwargs,
-                                          contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
-                                          return_intermediates=return_intermediates, **kwargs)
-        return dropin.generate_x_transformers(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
-                                              prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
-                                              restrict_to_max_seq_len=restrict_to_max_seq_len,
-                                              amateur_model=amateur_model, filter_kwargs=filter_kwargs,
-                                              contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
-                                              return_intermediates=return_intermediates, **kwargs)
+        run = dropin.generate_native if self._native else dropin.generate_x_transformers
+        return run(self, prompts, seq_len, eos_token=eos_token, temperature=temperature, prompt_lens=prompt_lens,
+                   filter_logits_fn=filter_logits_fn, restrict_to_max_seq_len=restrict_to_max_seq_len,
+                   amateur_model=amateur_model, filter_kwargs=filter_kwargs,
+                   contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
+                   return_intermediates=return_intermediates, **kwargs)
 
     def beam_search(self, prompts: Tensor, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
                     eos_token: Optional[int] = None, temperature: float = 1.0, stochastic: bool = False,
