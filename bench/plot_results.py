@@ -59,7 +59,29 @@ def load(path) -> tuple[list[dict], dict]:
         raise SystemExit(f"plot_results: {path} has no list of results (a bench/results JSON has 'results')")
     if not any(_first(r, CONTENDER_KEYS) is not None for r in results):
         raise SystemExit(f"plot_results: {path}: no result names its contender ({', '.join(CONTENDER_KEYS)})")
-    return results, (payload if isinstance(payload, dict) else {})
+    return _fold_floor_rows(results), (payload if isinstance(payload, dict) else {})
+
+
+def _fold_floor_rows(results):
+    """Results whose contender is a floor of a precision (bench_step: "floor_fp32", "floor_bf16")
+    mark the other rows of their configuration and precision (floor_time_s) instead of being
+    bars; each row then carries its precision, which groups the chart."""
+    floors = [r for r in results if str(_first(r, CONTENDER_KEYS)).startswith("floor_")]
+    if not floors:
+        return results
+    out = []
+    for r in results:
+        if r in floors:
+            continue
+        name = str(_first(r, CONTENDER_KEYS))
+        prec = "bf16" if "bf16" in name else "fp32"
+        row = {k: v for k, v in r.items()}
+        row["precision"] = prec
+        for f in floors:
+            if f.get("config") == r.get("config") and _first(f, CONTENDER_KEYS) == f"floor_{prec}":
+                row.setdefault("floor_time_s", _first(f, TIME_KEYS))
+        out.append(row)
+    return out
 
 
 def _fmt_time(s):
