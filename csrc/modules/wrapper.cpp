@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include "../ops/sync_checks.h"
 #include "../ops/tracing.h"
 
 namespace arwrap {
@@ -54,7 +55,9 @@ at::Tensor nll_loss(const at::Tensor& logp, const at::Tensor& target, int64_t ig
   const at::Tensor t = at::where(valid, target, at::zeros_like(target));
   const int64_t V = logp.size(-1);
   const at::Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
-  TORCH_CHECK_INDEX(!bad.any().item<bool>(), "ARWrapper: target must be in [0, ", V, ") or ignore_index");
+  // on a GPU gather asserts on the device instead (ops/sync_checks.h)
+  TORCH_CHECK_INDEX(!ops::host_checks(target) || !bad.any().item<bool>(), "ARWrapper: target must be in [0, ", V,
+                    ") or ignore_index");
   const at::Tensor picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1);
   const at::Tensor count = valid.sum().clamp_min(1);
   return -(picked.to(at::kFloat) * valid).sum() / count;
@@ -78,7 +81,8 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   // auxiliary losses are defined over all positions: with them, feed n + 1 as it does.
   const bool full = o.add_attn_z_loss() || continuous;
 
-  if (auto V = net_->num_tokens(); V && ops::has_real_data(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  // on a GPU the embedding lookup asserts on the device instead (ops/sync_checks.h)
+  if (auto V = net_->num_tokens(); V && ops::has_real_data(x) && ops::host_checks(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
   if (auto V = net_->num_tokens(); V && o.mask_token_id().has_value()) {
     TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=",
                       *o.mask_token_id(), " is outside the net's vocabulary [0, ", *V, ")");

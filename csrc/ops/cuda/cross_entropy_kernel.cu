@@ -10,16 +10,23 @@
 // (1/count for mean) and g_lse that of its lse. Ignored rows: loss 0, gradient 0.
 //
 // One thread block per row (grid-stride over rows); threads read the row with
-// coalesced 16-byte loads when it is 16-byte aligned. Statistics accumulate in
+// coalesced 16-byte loads, four in flight per thread, after a scalar head up to the
+// first 16-byte boundary (row_sweep.h), so unaligned rows (most rows at odd V) are
+// vectorised too. Statistics accumulate in
 // float32 (float64 for float64 logits), the per-row loss in float64; block
 // reductions and the reduction over rows have a fixed order, so results are
 // bitwise reproducible for a given shape and layout.
 //
-// Targets are validated first on the device (count of non-ignored targets and the
-// first bad position), checked on the host after one small copy (a sync), before
-// anything is written, so an error never leaves logits half overwritten. The count
-// stays on the device for the kernels; grad_loss is read on the device too.
+// Targets are validated first on the device, in the kernel that counts the
+// non-ignored targets: a bad target stops the kernel with a device-side assertion
+// (as ATen's nll_loss does), without a host synchronisation (../sync_checks.h). With
+// ARWRAP_SYNC_CHECKS=1 the first bad position is instead copied to the host (a sync)
+// and raised as an IndexError, before anything is written, so that error never
+// leaves logits half overwritten. The count stays on the device for the kernels;
+// grad_loss is read on the device too.
 #include "../common.h"
+#include "../sync_checks.h"
+#include "row_sweep.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -152,7 +159,7 @@ __device__ MaxSum<A> block_max_sum(MaxSum<A> v) {
   return {__shfl_sync(kFullMask, v.m, 0), __shfl_sync(kFullMask, v.s, 0)};
 }
 
-// ---- row sweeps: this thread's share of a row, 16-byte packs when aligned ------
+// ---- row sweeps: this thread's share of a row, 16-byte packs (row_sweep.h) -------
 
 template <typename T>
 struct alignas(16) Pack {
@@ -160,24 +167,29 @@ struct alignas(16) Pack {
   T v[n];
 };
 
-__device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+constexpr int kUnroll = 4;  // 16-byte loads in flight per thread
 
 // f(j, z_j) for j in this thread's share of the row.
 template <typename T, typename A, typename F>
 __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
   constexpr int kVec = Pack<T>::n;
-  int64_t j0 = 0;
-  if (aligned16(z)) {
-    const int64_t nvec = V / kVec;
-    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-      const Pack<T> p = zp[i];
+  const auto addr = reinterpret_cast<uint64_t>(z);
+  const RowSplit sp = row_split(addr, addr, V, sizeof(T));
+  const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z + sp.head);  // 16-byte aligned when sp.nvec > 0
+  const auto unpack = [&](int64_t i, const Pack<T>& p) {
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) f(i * kVec + k, static_cast<A>(p.v[k]));
-    }
-    j0 = nvec * kVec;
-  }
-  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) f(j, static_cast<A>(z[j]));
+    for (int k = 0; k < kVec; ++k) f(sp.head + i * kVec + k, static_cast<A>(p.v[k]));
+  };
+  row_sweep<kUnroll>(
+      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { f(j, static_cast<A>(z[j])); },
+      [&](int64_t i, int64_t stride) {
+        Pack<T> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) unpack(i + u * stride, p[u]);
+      },
+      [&](int64_t i) { unpack(i, zp[i]); });
 }
 
 // out_j = f(j, z_j) for j in this thread's share of the row; out may alias z (each
@@ -185,21 +197,25 @@ __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
 template <typename T, typename A, typename F>
 __device__ __forceinline__ void row_map(const T* z, T* out, int64_t V, F&& f) {
   constexpr int kVec = Pack<T>::n;
-  int64_t j0 = 0;
-  if (aligned16(z) && aligned16(out)) {
-    const int64_t nvec = V / kVec;
-    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-    Pack<T>* op = reinterpret_cast<Pack<T>*>(out);
-    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-      const Pack<T> p = zp[i];
-      Pack<T> o;
+  const RowSplit sp = row_split(reinterpret_cast<uint64_t>(z), reinterpret_cast<uint64_t>(out), V, sizeof(T));
+  const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z + sp.head);
+  Pack<T>* op = reinterpret_cast<Pack<T>*>(out + sp.head);
+  const auto map = [&](int64_t i, const Pack<T>& p) {
+    Pack<T> o;
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(i * kVec + k, static_cast<A>(p.v[k])));
-      op[i] = o;
-    }
-    j0 = nvec * kVec;
-  }
-  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(f(j, static_cast<A>(z[j])));
+    for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(sp.head + i * kVec + k, static_cast<A>(p.v[k])));
+    op[i] = o;
+  };
+  row_sweep<kUnroll>(
+      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { out[j] = static_cast<T>(f(j, static_cast<A>(z[j]))); },
+      [&](int64_t i, int64_t stride) {
+        Pack<T> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) map(i + u * stride, p[u]);
+      },
+      [&](int64_t i) { map(i, zp[i]); });
 }
 
 // ---- device parts of the kernels -------------------------------------------------
@@ -232,10 +248,12 @@ __device__ void row_grad(const T* z, T* out, int64_t V, int64_t t, A zt, double 
   }
 }
 
-// Target validation: counts non-ignored targets into status[0], the first flat
-// position of a target outside [0, V) into status[1]. Reads N int64.
+// Target validation: counts non-ignored targets into status[0]; a target outside
+// [0, V) either fails a device-side assertion (device_assert) or records its first
+// flat position in status[1] for the host. Reads N int64.
 __global__ void __launch_bounds__(256) validate_targets_kernel(const int64_t* __restrict__ target, int64_t N,
-                                                                int64_t V, int64_t ignore_index, ull* status) {
+                                                                int64_t V, int64_t ignore_index, ull* status,
+                                                                bool device_assert) {
   ull count = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -243,6 +261,8 @@ __global__ void __launch_bounds__(256) validate_targets_kernel(const int64_t* __
     if (t == ignore_index) continue;
     if (t >= 0 && t < V) {
       ++count;
+    } else if (device_assert) {
+      CUDA_KERNEL_ASSERT(false && "arwrap cross_entropy: target must be in [0, V) or ignore_index");
     } else {
       atomicMin(&status[1], static_cast<ull>(i));
     }
@@ -374,7 +394,8 @@ int row_threads(int64_t V, int vec) {
 unsigned row_blocks(int64_t N) { return static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 30)); }
 
 // Validates target (contiguous, on the device) and returns a 2-element int64
-// device tensor whose first element is the count of non-ignored targets.
+// device tensor whose first element is the count of non-ignored targets. Without
+// ARWRAP_SYNC_CHECKS, nothing is copied to the host (a bad target asserts on the device).
 at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_index, cudaStream_t stream) {
   at::Tensor status = at::empty({2}, target.options().dtype(at::kLong));
   ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
@@ -384,8 +405,10 @@ at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_
   if (N == 0) return status;
   const int64_t* tp = target.data_ptr<int64_t>();
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((N + 255) / 256, 1024));
-  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st);
+  const bool on_host = host_checks(target);
+  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st, !on_host);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!on_host) return status;
   ull host[2];
   c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
   if (host[1] != kNoPosition) {
