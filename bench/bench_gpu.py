@@ -5,6 +5,10 @@ bf16, forward+backward: median of CUDA-event timings, peak allocated memory over
 inputs (torch.cuda.max_memory_allocated), and for the cross-entropy the achieved memory
 bandwidth (logits read once + gradient written once, over the step time).
 Anchors that are not installed are reported as such, not silently dropped.
+
+Each row is printed and appended to <out>.md / <out>.jsonl as soon as its contender
+finishes (a run cut off by its time limit keeps the rows it has), and the contenders
+that compile or autotune (torch.compile, Cut Cross-Entropy) run last.
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+
+SLOW = {"torch.compile", "cut cross-entropy"}  # compile or autotune: measured after the others
 
 
 def measure(step, repeats=10, setup=lambda: None):
@@ -48,7 +55,6 @@ def ce_contenders(z, t):
         "arwrap (inplace)": lambda x: arwrap_cpp.cross_entropy(x, t, inplace_backward=True),
         "arwrap": lambda x: arwrap_cpp.cross_entropy(x, t),
         "eager F.cross_entropy": lambda x: F.cross_entropy(x, t),
-        "torch.compile": torch.compile(lambda x: F.cross_entropy(x, t)),
     }
     try:
         from liger_kernel.transformers import LigerCrossEntropyLoss
@@ -57,6 +63,7 @@ def ce_contenders(z, t):
         out["liger"] = lambda x: liger(x, t)
     except Exception as e:  # noqa: BLE001
         out[f"liger (not available: {type(e).__name__})"] = None
+    out["torch.compile"] = torch.compile(lambda x: F.cross_entropy(x, t))  # last: it compiles and may autotune
     return out
 
 
@@ -75,7 +82,7 @@ def lce_contenders(t):
         out["liger"] = lambda h, W: liger(W, h, t)
     except Exception as e:  # noqa: BLE001
         out[f"liger (not available: {type(e).__name__})"] = None
-    try:
+    try:  # last: its Triton kernels may autotune
         from cut_cross_entropy import linear_cross_entropy as cce
 
         out["cut cross-entropy"] = lambda h, W: cce(h, W, t, impl="cce")
@@ -93,17 +100,43 @@ def main():
     args = ap.parse_args()
     dev = "cuda"
     props = torch.cuda.get_device_properties(0)
-    lines = [f"{props.name}, torch {torch.__version__}", "",
-             "| op | shape | contender | fwd+bwd ms | peak extra MB | GB/s | loss |", "|---|---|---|---:|---:|---:|---:|"]
-    results = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md, jsonl = out.with_suffix(".md"), out.with_suffix(".jsonl")
+    jsonl.write_text("")
+
+    class Lines(list):
+        """The table, written to <out>.md and printed as each row comes."""
+
+        def append(self, line):
+            super().append(line)
+            print(line, flush=True)
+            md.write_text("\n".join(self) + "\n")
+
+    class Results(list):
+        def append(self, row):
+            super().append(row)
+            with jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    lines = Lines()
+    for line in (f"{props.name}, torch {torch.__version__}", "",
+                 "| op | shape | contender | fwd+bwd ms | peak extra MB | GB/s | loss |", "|---|---|---|---:|---:|---:|---:|"):
+        lines.append(line)
+    results = Results()
     N, V, D = args.rows, args.vocab, args.dim
     z0 = torch.randn(N, V, device=dev, dtype=torch.bfloat16)
     t = torch.randint(0, V, (N,), device=dev)
     t[torch.rand(N, device=dev) < 0.05] = -100
-    for name, fn in ce_contenders(z0, t).items():
+    h = (torch.randn(N, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
+    W = (torch.randn(V, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
+    ce, lce = ce_contenders(z0, t), lce_contenders(t)
+
+    def run_ce(name, fn):
         if fn is None:
             lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | | | | |")
-            continue
+            return
+
         def setup():  # a fresh logits buffer (the in-place variant consumes it)
             return z0.clone().requires_grad_(True)
 
@@ -117,17 +150,15 @@ def main():
             loss = fn(z0.clone()).item()
         except Exception as e:  # noqa: BLE001
             lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | error: {str(e)[:60]} | | | |")
-            continue
+            return
         gbs = 2 * N * V * 2 / secs / 1e9
         results.append(dict(op="ce", name=name, secs=secs, mem=mem, gbs=gbs, loss=loss))
         lines.append(f"| cross_entropy | {N}x{V} bf16 | {name} | {secs * 1e3:.2f} | {mem / 2**20:.0f} | {gbs:.0f} | {loss:.5f} |")
-    torch.cuda.empty_cache()
-    h = (torch.randn(N, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
-    W = (torch.randn(V, D, device=dev) / D**0.25).to(torch.bfloat16).requires_grad_(True)
-    for name, fn in lce_contenders(t).items():
+
+    def run_lce(name, fn):
         if fn is None:
             lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | | | | |")
-            continue
+            return
 
         def step(_):
             loss = fn(h, W)
@@ -139,15 +170,24 @@ def main():
             loss = fn(h, W).item()
         except Exception as e:  # noqa: BLE001
             lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | error: {str(e)[:60]} | | | |")
-            continue
+            return
         results.append(dict(op="lce", name=name, secs=secs, mem=mem, loss=loss))
         lines.append(f"| linear_cross_entropy | {N}x{D}x{V} bf16 | {name} | {secs * 1e3:.1f} | {mem / 2**20:.0f} | | {loss:.5f} |")
-    table = "\n".join(lines)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+
+    # the cheap contenders first, those that compile or autotune last (SLOW)
+    for name, fn in ce.items():
+        if name not in SLOW:
+            run_ce(name, fn)
+    for name, fn in lce.items():
+        if name not in SLOW:
+            run_lce(name, fn)
+    for name, fn in ce.items():
+        if name in SLOW:
+            run_ce(name, fn)
+    for name, fn in lce.items():
+        if name in SLOW:
+            run_lce(name, fn)
+    out.with_suffix(".json").write_text(json.dumps(list(results), indent=1))
 
 
 if __name__ == "__main__":
