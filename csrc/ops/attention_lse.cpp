@@ -82,7 +82,9 @@ struct Flat {
 Flat flatten(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& key_mask) {
   const int64_t bh = q.size(0) * q.size(1);
   Flat f{q.reshape({bh, q.size(2), q.size(3)}), k.reshape({bh, k.size(2), k.size(3)}), at::Tensor()};
-  if (key_mask.has_value() && key_mask->defined()) f.mask = key_mask->repeat_interleave(q.size(1), 0);
+  if (key_mask.has_value() && key_mask->defined()) {  // (b, nk) -> (b*h, nk); an expand, no host sync
+    f.mask = key_mask->unsqueeze(1).expand({q.size(0), q.size(1), k.size(2)}).reshape({bh, k.size(2)});
+  }
   return f;
 }
 

@@ -225,6 +225,9 @@ def test_cuda_hot_path_does_not_synchronise():
     h = torch.randn(64, 32, device="cuda", requires_grad=True)
     W = torch.randn(V, 32, device="cuda", requires_grad=True)
     x = torch.randint(0, V, (4, 33), device="cuda")
+    q = torch.randn(2, 3, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kk = torch.randn(2, 3, 40, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    key_mask = torch.ones(2, 40, dtype=torch.bool, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -234,6 +237,7 @@ def test_cuda_hot_path_does_not_synchronise():
         arwrap_cpp.linear_cross_entropy(h, W, t).backward()
         arwrap_cpp.linear_cross_entropy(h, W, t, reduction="none").sum().backward()
         arwrap_cpp.shift_tokens(x)
+        torch.ops.arwrap.attention_lse(q, kk, key_mask, 0.25, True).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
 
