@@ -7,9 +7,24 @@ resident size before the step is the step's peak extra memory.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import statistics
 import time
+
+
+def bench_parser(doc: str, out: str, repeats: int, hidden=()) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes (--threads, --repeats, --out), and the hidden ones
+    its child processes get: --child, --measure and ``hidden``, a list of (flag, type)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
+    for flag, typ in hidden:
+        ap.add_argument(flag, type=typ, help=argparse.SUPPRESS)
+    return ap
 
 
 def _status_kb(field: str) -> int:
@@ -74,6 +89,32 @@ def round_robin(steps: dict, repeats: int) -> dict:
     return {name: {"time_s": statistics.median(t), "loss": first[name]} for name, t in times.items()}
 
 
+def training_step(wrapper, net, x):
+    """One timed training step: loss = wrapper(x); loss.backward(), the net's gradients cleared."""
+    def step():
+        loss = wrapper(x)
+        loss.backward()
+        for p in net.parameters():
+            p.grad = None
+        return loss.detach()
+    return step
+
+
+def step_child(measure: str, repeats: int, build, x, contender: str, contenders) -> None:
+    """A training-step benchmark's child process: with measure "memory" the peak extra memory of
+    ``contender``'s step, else every contender's step timed round-robin; printed as JSON.
+    build(name) -> (wrapper, net)."""
+    import json
+
+    if measure == "memory":
+        step = training_step(*build(contender), x)
+        loss = step()
+        step()
+        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": loss.item()}))
+        return
+    print(json.dumps(round_robin({name: training_step(*build(name), x) for name in contenders}, repeats)))
+
+
 def write_results(out, lines, payload) -> None:
     """Prints the markdown table and writes it as OUT.md, with the raw results as OUT.json."""
     import json
@@ -85,6 +126,24 @@ def write_results(out, lines, payload) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
+    render_chart(out.with_suffix(".json"))
+
+
+def render_chart(json_path) -> None:
+    """Draws the results JSON into a PNG beside it (bench/plot_results.py), when matplotlib is there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"chart of {json_path} not drawn: matplotlib is not installed (bash scripts/plot.sh --help installs "
+              "it into .venv; then python bench/plot_results.py)", file=sys.stderr)
+        return
+    from plot_results import render
+
+    print(f"chart: {render(json_path)}", file=sys.stderr)
 
 
 def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> dict:
@@ -108,6 +167,22 @@ def run_isolated(script: str, child_args: list, measures=("time", "memory")) -> 
             return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
         out.update(json.loads(p.stdout.strip().splitlines()[-1]))
     return out
+
+
+def measure_shapes(script: str, shapes: str, contenders: str, keys, common: list) -> list:
+    """Every contender on every shape ("AxB[xC]": one value per key, passed to the child as
+    --key), each in its own processes (run_isolated); each result carries its shape's keys and
+    its contender."""
+    import sys
+
+    results = []
+    for shape in shapes.split(","):
+        dims = dict(zip(keys, (int(v) for v in shape.lower().split("x"))))
+        for c in contenders.split(","):
+            print(f"  {shape} {c} ...", file=sys.stderr, flush=True)
+            child = ["--contender", c] + [a for k, v in dims.items() for a in (f"--{k}", v)]
+            results.append({**dims, "contender": c, **run_isolated(script, child + common)})
+    return results
 
 
 def measure_contenders(script: str, configs, contenders, flag: str, common: list) -> list:

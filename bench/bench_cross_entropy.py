@@ -2,21 +2,26 @@
 
     python bench/bench_cross_entropy.py                  # the three shapes of the issue
     python bench/bench_cross_entropy.py --shapes 4096x256 --repeats 3
+    python bench/bench_cross_entropy.py --floor-only   # add the floor to the stored JSON
 
 Each (shape, contender) runs in its own process (so peak memory is its own), with
 the same thread count and environment. Time: median of --repeats forward+backward
 steps after a warm-up, torch.autograd.grad(loss, logits) (so no leaf accumulation
 copies the gradient). Memory: peak resident memory the step adds on top of its
-inputs. Writes bench/results/cross_entropy.{json,md}.
+inputs. The floor of each shape (`floor_time_s`) is the plainest pass that moves the bytes
+of the fused in-place step: the logits read once and written once (`mul_(1.0)` in place,
+as bench/bandwidth_floor.py), in its own process, the fastest of 20 passes (a lower bound). Writes
+bench/results/cross_entropy.{json,md} and the chart cross_entropy.png (bench/plot_results.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ["arwrap", "arwrap_inplace", "eager", "x_transformers", "torch_compile"]
@@ -33,6 +38,17 @@ def child(args) -> None:
     rows, V = args.rows, args.vocab
     g = torch.Generator().manual_seed(0)
     source = torch.randn(rows, V, generator=g) * 2
+    if args.measure == "floor":  # the memory-traffic floor: read + write the logits once, in place
+        import time
+
+        source.mul_(1.0)
+        times = []
+        for _ in range(max(20, args.repeats)):  # a lower bound: the fastest of many, so a busy machine
+            t0 = time.perf_counter()            # inflates it less than a median
+            source.mul_(1.0)
+            times.append(time.perf_counter() - t0)
+        print(json.dumps({"floor_time_s": min(times)}))
+        return
     target = torch.randint(0, V, (rows,), generator=g)
     target[torch.rand(rows, generator=g) < args.ignore_frac] = -100
     logits = source.clone().requires_grad_(True)
@@ -84,27 +100,55 @@ def child(args) -> None:
         print(json.dumps({"time_s": median_time(step, args.repeats, before_each=refill), "loss_rel_err": err}))
 
 
-def run_child(contender, rows, V, args):
-    sys.path.insert(0, str(HERE))
+def run_child(contender, rows, V, args, measures=("time", "memory")):
     from _measure import run_isolated
 
-    return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V, "--threads", args.threads,
-                                   "--repeats", args.repeats, "--ignore-frac", args.ignore_frac])
+    return run_isolated(__file__, ["--contender", contender, "--rows", rows, "--vocab", V] + common_args(args),
+                        measures=measures)
+
+
+def common_args(args):
+    return ["--threads", args.threads, "--repeats", args.repeats, "--ignore-frac", args.ignore_frac]
+
+
+FLOOR_LABELS = {"time_s": "floor (read + write logits in place)"}
+
+
+def add_floors(results, args):
+    """Measures the floor of every shape in results (each in its own process) and adds it to them."""
+    for rows, V in sorted({(r["rows"], r["vocab"]) for r in results}):
+        print(f"  {rows}x{V} floor ...", file=sys.stderr, flush=True)
+        f = run_child("floor", rows, V, args, measures=("floor",))
+        for r in results:
+            if (r["rows"], r["vocab"]) == (rows, V) and "floor_time_s" in f:
+                r["floor_time_s"] = f["floor_time_s"]
+
+
+def add_floor_only(args):
+    """Measures the floor of every shape of the stored results (args.out.json) and adds it there."""
+    from _measure import render_chart
+
+    path = Path(args.out).with_suffix(".json")
+    payload = json.loads(path.read_text())
+    add_floors(payload["results"], args)
+    import torch
+
+    payload["floor_labels"] = FLOOR_LABELS
+    payload.setdefault("env", {})["floor"] = {
+        "note": "measured after the contenders, by --floor-only", "threads": args.threads, "repeats": args.repeats,
+        "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")}
+    path.write_text(json.dumps(payload, indent=1))
+    render_chart(path)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "cross_entropy"), repeats=5,
+                      hidden=[("--contender", str), ("--rows", int), ("--vocab", int)])
     ap.add_argument("--shapes", default="4096x256,8192x32000,4096x128256", help="comma-separated ROWSxVOCAB")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ignore-frac", type=float, default=0.05)
-    ap.add_argument("--out", default=str(HERE / "results" / "cross_entropy"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-only", action="store_true",
+                    help="measure only the floor of the shapes in --out's JSON and add it there")
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -112,17 +156,14 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import write_results
+    from _measure import measure_shapes, write_results
 
-    results = []
-    for shape in args.shapes.split(","):
-        rows, V = (int(v) for v in shape.lower().split("x"))
-        logits_bytes = rows * V * 4
-        for c in args.contenders.split(","):
-            print(f"  {rows}x{V} {c} ...", file=sys.stderr, flush=True)
-            r = run_child(c, rows, V, args)
-            r.update(rows=rows, vocab=V, contender=c, logits_bytes=logits_bytes)
-            results.append(r)
+    if args.floor_only:
+        return add_floor_only(args)
+    results = measure_shapes(__file__, args.shapes, args.contenders, ("rows", "vocab"), common_args(args))
+    for r in results:
+        r["logits_bytes"] = r["rows"] * r["vocab"] * 4
+    add_floors(results, args)
 
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "repeats": args.repeats}
@@ -145,7 +186,10 @@ def main():
             lines.append(
                 f"| {rows}x{V} | {c} | {t * 1e3:.1f} | {vs_eager} | {vs_xt} | {r['peak_extra_bytes'] / 2**20:.1f} | "
                 f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
-    write_results(args.out, lines, {"env": env, "results": results})
+        floor_t = next((r["floor_time_s"] for r in rs.values() if "floor_time_s" in r), None)
+        if floor_t is not None:
+            lines.append(f"| {rows}x{V} | floor: read + write logits in place | {floor_t * 1e3:.1f} | | | | | |")
+    write_results(args.out, lines, {"env": env, "results": results, "floor_labels": FLOOR_LABELS})
 
 
 if __name__ == "__main__":

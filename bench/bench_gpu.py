@@ -274,6 +274,13 @@ def main():
         if name in SLOW:
             run_lce(name, fn)
     out.with_suffix(".json").write_text(json.dumps(list(results), indent=1))
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _measure import render_chart
+    try:  # the rows are already written: a chart that fails must not lose them
+        render_chart(out.with_suffix(".json"))
+    except Exception as e:  # noqa: BLE001
+        print(f"chart of {out.with_suffix('.json')} not drawn: {e!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

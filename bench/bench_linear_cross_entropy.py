@@ -13,10 +13,11 @@ Writes bench/results/linear_cross_entropy.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ["arwrap", "eager", "torch_chunked", "cce_torch_compile"]
@@ -67,35 +68,22 @@ def child(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "linear_cross_entropy"), repeats=3,
+                      hidden=[("--contender", str), ("--n", int), ("--d", int), ("--v", int)])
     ap.add_argument("--shapes", default="8192x1024x32000,4096x1024x128256", help="comma-separated NxDxV")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results" / "linear_cross_entropy"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
-    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--d", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--v", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated, write_results
+    from _measure import measure_shapes, write_results
 
-    results = []
-    for shape in args.shapes.split(","):
-        N, D, V = (int(v) for v in shape.lower().split("x"))
-        for c in args.contenders.split(","):
-            print(f"  {shape} {c} ...", file=sys.stderr, flush=True)
-            r = {"n": N, "d": D, "v": V, "contender": c}
-            r.update(run_isolated(__file__, ["--contender", c, "--n", N, "--d", D, "--v", V, "--threads",
-                                             args.threads, "--repeats", args.repeats]))
-            results.append(r)
+    results = measure_shapes(__file__, args.shapes, args.contenders, ("n", "d", "v"),
+                             ["--threads", args.threads, "--repeats", args.repeats])
+    for r in results:  # the floor: grad_hidden + grad_weight, which any implementation must hold
+        r["floor_peak_extra_bytes"] = (r["n"] * r["d"] + r["v"] * r["d"]) * 4
     lines = [f"float32, {args.threads} threads, 5% ignored targets, median of {args.repeats}, torch {torch.__version__}",
              "", "| N x D x V | contender | fwd+bwd s | vs eager | peak extra MB | / (grad_h + grad_W) | loss |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -111,7 +99,8 @@ def main():
             lines.append(f"| {shape} | {c} | {r['time_s']:.2f} | {base / r['time_s'] if base else float('nan'):.2f}x | "
                          f"{r['peak_extra_bytes'] / 2**20:.0f} | {r['peak_extra_bytes'] / floor:.2f}x | "
                          f"{r['loss']:.5f} |")
-    write_results(args.out, lines, {"threads": args.threads, "results": results})
+    write_results(args.out, lines, {"threads": args.threads, "results": results,
+                                    "floor_labels": {"peak_extra_bytes": "grad_h + grad_W"}})
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ and its inputs (bench/_measure.py). Writes bench/results/native.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("x_transformers", "arwrap_xt_net", "arwrap_native")
@@ -60,7 +61,7 @@ def child(args):
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes, round_robin
+    from _measure import step_child
 
     torch.set_num_threads(args.threads)
     if args.measure == "generate":
@@ -88,36 +89,15 @@ def child(args):
     V, dim, depth, b, n1 = CONFIGS[args.config]
     x = torch.randint(0, V, (b, n1), generator=torch.Generator().manual_seed(2))
 
-    def step_of(wrapper, net):
-        def step():
-            loss = wrapper(x)
-            loss.backward()
-            for p in net.parameters():
-                p.grad = None
-            return loss.detach()
-        return step
-
-    if args.measure == "memory":
-        step = step_of(*build(args.contender, V, dim, depth, n1))
-        l0 = step()
-        step()
-        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
-        return
-    steps = {name: step_of(*build(name, V, dim, depth, n1)) for name in CONTENDERS}
-    print(json.dumps(round_robin(steps, args.repeats)))
+    step_child(args.measure, args.repeats, lambda name: build(name, V, dim, depth, n1), x, args.contender,
+               CONTENDERS)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "native"), repeats=3,
+                      hidden=[("--config", str), ("--contender", str)])
     ap.add_argument("--configs", default="A,B,C")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-generate", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results" / "native"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--contender", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)

@@ -12,10 +12,10 @@ step adds over the model and its inputs (see _measure.py). Writes bench/results/
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
 WRAPPERS = ("x_transformers", "arwrap", "arwrap_fused_head")
@@ -34,8 +34,7 @@ def child(args):
     import arwrap_cpp
 
     sys.path.insert(0, str(HERE))
-    from _measure import peak_extra_bytes, round_robin
-
+    from _measure import step_child
 
     torch.set_num_threads(args.threads)
     V, dim, depth, b, n1 = CONFIGS[args.config]
@@ -43,40 +42,18 @@ def child(args):
     net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
     x = torch.randint(0, V, (b, n1))
 
-    def make(name):
+    def build(name):
         if name == "x_transformers":
-            return XT(net)
-        return arwrap_cpp.AutoregressiveWrapper(net, fused_head=name == "arwrap_fused_head")
+            return XT(net), net
+        return arwrap_cpp.AutoregressiveWrapper(net, fused_head=name == "arwrap_fused_head"), net
 
-    def step_of(wrapper):
-        def step():
-            loss = wrapper(x)
-            loss.backward()
-            for p in net.parameters():
-                p.grad = None
-            return loss.detach()
-        return step
-
-    if args.measure == "memory":
-        step = step_of(make(args.wrapper))
-        l0 = step()
-        step()
-        print(json.dumps({"peak_extra_bytes": peak_extra_bytes(step), "loss": l0.item()}))
-        return
-    steps = {name: step_of(make(name)) for name in WRAPPERS}
-    print(json.dumps(round_robin(steps, args.repeats)))
+    step_child(args.measure, args.repeats, build, x, args.wrapper, WRAPPERS)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__, str(HERE / "results" / "wrapper"), repeats=5,
+                      hidden=[("--config", str), ("--wrapper", str)])
     ap.add_argument("--configs", default="A,B,C")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(HERE / "results" / "wrapper"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
-    ap.add_argument("--config", help=argparse.SUPPRESS)
-    ap.add_argument("--wrapper", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)

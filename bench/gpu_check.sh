@@ -181,8 +181,10 @@ if want tests && [[ -z "${SMOKE_FAILED:-}" ]]; then
     TO=(-p pytest_deadline)
     export PYTHONPATH="$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  tests_cmd='"$0" -m pytest -v -rfE "${@:2}" --junitxml="$1/junit.xml" tests/ops/test_cuda_preflight.py \
-    tests/test_cuda.py 2>&1 | tee "$1/tests.log"; exit "${PIPESTATUS[0]}"'
+  # the CUDA variants live beside their operator (tests/ops) and module (tests/modules);
+  # the pre-flight tests run whole (their CPU variants too), scale_grad_'s as well
+  tests_cmd='"$0" -m pytest -v -rfE "${@:2}" --junitxml="$1/junit.xml" -k "cuda or preflight or scale_grad" tests/ops \
+    tests/modules/test_transformer_cuda.py 2>&1 | tee "$1/tests.log"; exit "${PIPESTATUS[0]}"'
   reserve=0; want bench && reserve=200  # leave the benchmark about 200 s
   step "tests" $(( $(left) - reserve )) bash -c "$tests_cmd" "$PY" "$OUT" "${TO[@]}"
 fi

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from arwrap_cpp import AutoregressiveWrapper
+from arwrap_cpp.metrics import MetricsWriter, rss_mb
 
 
 def parse_args(argv=None):
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--fused-head", action="store_true", help="AutoregressiveWrapper(fused_head=True)")
     p.add_argument("--reference", action="store_true", help="one process on the concatenated global batch")
     p.add_argument("--out", default=None, help="save {'state', 'losses'} here (rank 0)")
+    p.add_argument("--metrics", default=None,
+                   help="JSON Lines metrics file (docs/metrics.md), written by rank 0, with world_size")
     return p.parse_args(argv)
 
 
@@ -87,7 +90,9 @@ def train(args, rank: int, world_size: int, distributed: bool):
         model = DDP(model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses, rank_losses = [], []
-    t0 = time.time()
+    metrics = (MetricsWriter(args.metrics, enabled=rank == 0, world_size=world_size if distributed else None)
+               if args.metrics else None)
+    t0 = t_step = time.time()
     for step in range(args.steps):
         x, lens = global_batch(args, step, world_size)
         if distributed:
@@ -109,6 +114,12 @@ def train(args, rank: int, world_size: int, distributed: bool):
         rank_losses.append(per_rank)
         if rank == 0 and (step % 10 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {report.item():.4f}  ({time.time() - t0:.1f} s)", flush=True)
+        if metrics is not None:  # the step after `step` updates (step + 1 steps done)
+            metrics.train(step + 1, loss=report.item(), lr=args.lr, rss_mb=rss_mb(),
+                          tokens_per_s=world_size * args.batch * (args.seq - 1) / max(time.time() - t_step, 1e-9))
+        t_step = time.time()
+    if metrics is not None:
+        metrics.close()
     return (model.module if distributed else model), losses, rank_losses
 
 

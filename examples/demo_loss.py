@@ -9,6 +9,9 @@ x-transformers' own AutoregressiveWrapper: the two losses agree.
 
     scripts/demo.sh                  # defaults: ~1 minute on 2 cores
     scripts/demo.sh --steps 300 --dim 256
+
+Metrics (arwrap-train's format, docs/metrics.md) go to --metrics, by default
+build/demo_loss.metrics.jsonl; scripts/plot.sh draws them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 import arwrap_cpp
+from arwrap_cpp.metrics import MetricsWriter, rss_mb
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
 
@@ -53,6 +57,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--validate-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--metrics", default=str(Path(__file__).resolve().parent.parent / "build" / "demo_loss.metrics.jsonl"),
+                    help="JSON Lines metrics file (default: %(default)s)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -76,6 +82,7 @@ def main() -> None:
     t0 = time.perf_counter()
     tokens = 0
     first_val = last_val = None
+    metrics = MetricsWriter(args.metrics)
     for step in range(1, args.steps + 1):
         x = batch(train, args.batch, args.seq, gen)
         inp, target, _ = arwrap_cpp.shift_tokens(x)
@@ -83,13 +90,15 @@ def main() -> None:
         loss = arwrap_cpp.cross_entropy(logits, target, inplace_backward=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
         opt.step()
         tokens += target.numel()
         if step % 10 == 0 or step == 1:
             el = time.perf_counter() - t0
             left = el / step * (args.steps - step)
             print(f"step {step:4d}  loss {loss.item():.4f}  {tokens / el:7.0f} tok/s  {left:5.0f} s left", flush=True)
+            metrics.train(step, loss=loss.item(), tokens_per_s=tokens / el, lr=args.lr, grad_norm=grad_norm.item(),
+                          rss_mb=rss_mb())
         if step % args.validate_every == 0 or step == args.steps:
             net.eval()
             with torch.no_grad():
@@ -102,9 +111,12 @@ def main() -> None:
             net.train()
             first_val = ours if first_val is None else first_val
             last_val = ours
+            metrics.validation(step, ours)
             print(f"  validation loss {ours:.4f} (bits/byte {ours / 0.6931:.3f}); same windows: arwrap {ours_same:.6f}"
                   f" vs x-transformers {theirs:.6f}")
+    metrics.close()
     el = time.perf_counter() - t0
+    print(f"metrics: {args.metrics}  (plot: scripts/plot.sh {args.metrics})")
     print(f"done: {args.steps} steps in {el:.1f} s ({tokens / el:.0f} tokens/s); validation loss "
           f"{first_val:.4f} -> {last_val:.4f}")
 

@@ -23,6 +23,11 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$
   say "installing $TORCH_SPEC (CPU build from the local wheel cache when present)"
   pip_q "$TORCH_SPEC"
 fi
+# torch imports without NumPy but warns ("Failed to initialize NumPy") on every import
+if ! "$VPY" -c "import numpy" 2>/dev/null; then
+  say "installing numpy"
+  pip_q numpy
+fi
 if ! "$VPY" -c "import scikit_build_core, ninja, cmake" 2>/dev/null; then
   say "installing build tools (scikit-build-core, ninja, cmake)"
   pip_q "scikit-build-core>=0.10" ninja "cmake>=3.25"

@@ -8,7 +8,7 @@
 #  1. libarwrap from the repository with -DARWRAP_SANITIZE=ON (cmake/ArwrapSanitize.cmake, passed
 #     as CMAKE_PROJECT_INCLUDE so it also works before CMakeLists.txt includes it), against the
 #     LibTorch of the project's .venv, installed to build/sanitize/prefix;
-#  2. tests/cpp (consumer, wrapper_consumer, native_consumer), tests/cpp_bad_input (bad_input) and
+#  2. tests/integration/cpp (consumer, wrapper_consumer, native_consumer, bad_input) and
 #     the C++ trainer (examples/train: arwrap-train) built against
 #     that prefix with the same flags: the programs link the ASan runtime themselves, so no
 #     LD_PRELOAD is needed (a program built without the flags would need
@@ -45,7 +45,7 @@ cmake --install "$BUILD/lib" > /dev/null
 say "    built in $(( $(date +%s) - start )) s"
 
 say "2/3 the C++ test programs, same flags"
-for dir in tests/cpp tests/cpp_bad_input examples/train; do
+for dir in tests/integration/cpp examples/train; do
   cmake -S "$ROOT/$dir" -B "$BUILD/$(basename "$dir")" -G Ninja -Wno-dev "${LAUNCHER[@]}" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_PREFIX_PATH="$BUILD/prefix/share/cmake;$TORCH_PREFIX" \
@@ -59,15 +59,15 @@ say "3/3 running them"
 DATA="$BUILD/data"
 mkdir -p "$DATA"
 # Inputs from Python (uninstrumented, the installed arwrap_cpp): a scripted loss that calls the
-# arwrap operator, and the scripted decoder of tests/test_wrapper.py with a token file.
+# arwrap operator, and the scripted decoder of tests/scripted_net.py with a token file.
 "$VPY" - "$DATA" "$ROOT/tests" <<'PY'
 import sys, warnings
 import torch
 import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap for scripting)
 data, tests = sys.argv[1], sys.argv[2]
-sys.path.insert(0, tests)
+sys.path[:0] = [tests, f"{tests}/integration"]
 from test_cpp_package import ScriptedLoss
-from test_wrapper import scripted_decoder
+from scripted_net import scripted_decoder
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     torch.jit.script(ScriptedLoss()).save(f"{data}/loss.pt")
@@ -104,7 +104,7 @@ run() {
 }
 run consumer "$BUILD/cpp/consumer" "$DATA/loss.pt"
 run wrapper_consumer "$BUILD/cpp/wrapper_consumer" "$DATA/net.pt" "$DATA/tokens.txt"
-run bad_input "$BUILD/cpp_bad_input/bad_input"
+run bad_input "$BUILD/cpp/bad_input"
 run native_consumer "$BUILD/cpp/native_consumer" "$DATA/model.pt" "$DATA/tokens.txt"
 # the C++ trainer: a short run with validation, sampling and checkpoints, a resume, and a
 # corrupt checkpoint (which must end in a clean error, exit status 1)

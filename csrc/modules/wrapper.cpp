@@ -11,10 +11,14 @@ namespace arwrap {
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options_)
     : options(std::move(options_)), net_(std::move(net)) {
   TORCH_CHECK_VALUE(net_ != nullptr, "ARWrapper: net must not be null");
-  TORCH_CHECK_VALUE(std::isfinite(options.mask_prob()) && options.mask_prob() >= 0.0 && options.mask_prob() < 1.0,
-                    "ARWrapper: mask_prob must be in [0, 1), got ", options.mask_prob());
-  TORCH_CHECK_VALUE(std::isfinite(options.next_embed_loss_weight()),
-                    "ARWrapper: next_embed_loss_weight must be finite, got ", options.next_embed_loss_weight());
+  options.validate();
+}
+
+void ARWrapperOptions::validate() const {
+  TORCH_CHECK_VALUE(std::isfinite(mask_prob()) && mask_prob() >= 0.0 && mask_prob() < 1.0,
+                    "ARWrapper: mask_prob must be in [0, 1), got ", mask_prob());
+  TORCH_CHECK_VALUE(std::isfinite(next_embed_loss_weight()), "ARWrapper: next_embed_loss_weight must be finite, got ",
+                    next_embed_loss_weight());
 }
 
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module,

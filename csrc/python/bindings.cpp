@@ -4,6 +4,7 @@
 // loads libarwrap). This module adds the C++ ARWrapper, with the one deliberate seam
 // where C++ calls back up: PythonNet, a Python nn.Module used as the wrapper's net.
 #include <arwrap/arwrap.h>
+#include <arwrap/corpus.h>
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/extension.h>
@@ -94,9 +95,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("transformer_config", [](const std::string& config) {
     return arwrap::TransformerWrapperOptions::parse(config).to_string();
   });
+  // The parameter table: (names, shapes, rotary_dim), in the order the forward takes them.
   m.def("transformer_parameters", [](const std::string& config) {
     const auto o = arwrap::TransformerWrapperOptions::parse(config);
     return py::make_tuple(o.parameter_names(), o.parameter_shapes(), o.rotary_dim());
+  });
+  // The configuration's fields: [(key, type, is_decoder_option, default or "")].
+  m.def("transformer_fields", [] {
+    py::list out;
+    for (const auto& f : arwrap::config_fields()) out.append(py::make_tuple(f.key, f.type, f.decoder, f.default_value));
+    return out;
+  });
+  m.def("transformer_init_parameters", [](const std::string& config, std::vector<at::Tensor> weights) {
+    arwrap::init_parameters(arwrap::TransformerWrapperOptions::parse(config), weights);
+  });
+  m.def("transformer_rotary_inv_freq", [](const std::string& config) {
+    return arwrap::TransformerWrapperOptions::parse(config).rotary_inv_freq();
   });
   m.def(
       "generate",
@@ -114,6 +128,24 @@ PYBIND11_MODULE(_C, m) {
       py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature"),
       py::arg("filter_logits_fn"), py::arg("top_k"), py::arg("top_k_frac"), py::arg("top_p"), py::arg("min_p"),
       py::arg("eos_token"), py::arg("pad_value"), py::arg("cache_kv"), py::arg("generator") = py::none());
+
+  // arwrap-train's corpus reader (arwrap::read_corpus): the same bytes in Python.
+  m.def(
+      "read_corpus",
+      [](const std::string& path, const std::string& suffix, size_t max_bytes) {
+        std::string bytes;
+        {
+          py::gil_scoped_release release;
+          bytes = arwrap::read_corpus(path, suffix, max_bytes).bytes;
+        }
+        return py::bytes(bytes);
+      },
+      py::arg("path"), py::arg("suffix"), py::arg("max_bytes"));
+
+  // ARWrapperOptions::validate, for the Python wrapper's constructor (ValueError naming the value).
+  m.def("validate_wrapper_options", [](double mask_prob, double next_embed_loss_weight) {
+    arwrap::ARWrapperOptions().mask_prob(mask_prob).next_embed_loss_weight(next_embed_loss_weight).validate();
+  });
 
   py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,

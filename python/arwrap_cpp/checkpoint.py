@@ -28,21 +28,17 @@ non-overlapping ``seq_len + 1``-byte windows of the validation split) in the sam
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from . import _C
-from .transformer import DECODER_DEFAULTS, WRAPPER_DEFAULTS, Decoder, TransformerWrapper
+from .transformer import Decoder, TransformerWrapper, parse_config
 
 FORMAT = "arwrap-checkpoint-1"
 
 PathLike = Union[str, os.PathLike]
-
-_WRAPPER_KEYS = {"num_tokens", "max_seq_len", *WRAPPER_DEFAULTS}
-_DECODER_KEYS = {"dim", "depth", *DECODER_DEFAULTS}
 
 
 # ------------------------------------------------------------------ files
@@ -161,31 +157,6 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
 # ------------------------------------------------------------------ models
 
 
-def parse_config(config: str) -> tuple[dict, dict]:
-    """The configuration string as ``(TransformerWrapper kwargs, Decoder kwargs)``, in
-    the names x-transformers and arwrap_cpp share (``rotary_emb_dim=0`` becomes ``None``)."""
-    config = _C.transformer_config(config)  # ValueError on unknown keys / bad values
-    wrapper, decoder = {}, {}
-    for item in config.split(","):
-        key, _, text = item.partition("=")
-        default = WRAPPER_DEFAULTS.get(key, DECODER_DEFAULTS.get(key))
-        if text in ("true", "false"):
-            value = text == "true"
-        elif isinstance(default, float) or any(c in text for c in ".eE"):
-            value = float(text)
-        else:
-            value = int(text)
-        if key == "rotary_emb_dim" and value == 0:
-            value = None
-        if key in _WRAPPER_KEYS:
-            wrapper[key] = value
-        elif key in _DECODER_KEYS:
-            decoder[key] = value
-        else:
-            raise ValueError(f"parse_config: unknown key {key!r} in {config!r}")
-    return wrapper, decoder
-
-
 def build_model(config: str, kind: str = "arwrap") -> nn.Module:
     """A freshly initialised ``TransformerWrapper`` of this configuration:
     ``kind="arwrap"`` (``arwrap_cpp``) or ``"x_transformers"``."""
@@ -215,47 +186,17 @@ def load_model(path: PathLike, kind: str = "arwrap") -> nn.Module:
 # ------------------------------------------------------------------ the trainer's data
 
 
-_SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages"}
-
-
 def read_corpus(path: PathLike, suffix: Optional[str] = None, max_bytes: int = 8_000_000) -> bytes:
-    """The bytes ``arwrap-train --data PATH [--ext SUFFIX] [--max-bytes N]`` trains on.
+    """The bytes ``arwrap-train --data PATH [--ext SUFFIX] [--max-bytes N]`` trains on, read by
+    the trainer's own C++ reader (``arwrap::read_corpus``).
 
     A file as is; a directory recursively in sorted path order, skipping hidden entries,
     ``__pycache__``, ``site-packages`` and ``dist-packages``, reading the files ending in
     ``suffix``, or with no suffix every file without a NUL byte in its first 8 KiB;
     cut at ``max_bytes`` (0: no limit). The default corpus is the standard library with
-    ``suffix=".py"``.
+    ``suffix=".py"``. A missing path or no data raises ``RuntimeError`` with the reason.
     """
-    root = Path(path)
-    limit = max_bytes if max_bytes else None
-    if root.is_file():
-        data = root.read_bytes()
-        return data[:limit] if limit else data
-    if not root.is_dir():
-        raise FileNotFoundError(f"data path {root} does not exist")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIPPED_DIRS]
-        for name in filenames:
-            full = Path(dirpath) / name
-            if name.startswith(".") or not full.is_file():
-                continue
-            if suffix and not name.endswith(suffix):
-                continue
-            files.append(full)
-    files.sort(key=lambda p: p.parts)
-    out = bytearray()
-    for f in files:
-        if limit is not None and len(out) >= limit:
-            break
-        if not suffix:
-            with open(f, "rb") as fh:
-                if b"\0" in fh.read(8192):
-                    continue
-        data = f.read_bytes()
-        out += data[: limit - len(out)] if limit is not None else data
-    return bytes(out)
+    return _C.read_corpus(os.fspath(path), suffix or "", int(max_bytes))
 
 
 def split_corpus(data: bytes) -> tuple[bytes, bytes]:

@@ -46,9 +46,7 @@ def shift_tokens(
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"shift_tokens: x must be a Tensor, got {type(x).__name__}")
-    mask_prob = float(mask_prob)
-    if not (0.0 <= mask_prob < 1.0):
-        raise ValueError(f"shift_tokens: mask_prob must be in [0, 1), got {mask_prob}")
+    mask_prob = float(mask_prob)  # its range is checked by the operator (ValueError)
     if mask_prob > 0.0 and noise is None:
         if x.dim() != 2 or x.shape[1] < 2:
             raise ValueError(
@@ -138,3 +136,27 @@ def linear_cross_entropy(
     if return_lse:
         return loss, lse
     return loss
+
+
+def attention_lse(
+    q: Tensor,
+    k: Tensor,
+    *,
+    key_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    causal: bool = False,
+) -> Tensor:
+    """The log-sum-exp of every attention row, for x-transformers' attention z-loss.
+
+    ``q`` ``(b, h, nq, dh)`` and ``k`` ``(b, h, nk, dh)`` with ``nq <= nk``;
+    ``lse[b, h, i] = log sum_j exp(scale * q[b, h, i] . k[b, h, j])`` over the keys
+    row ``i`` may see: ``key_mask`` ``(b, nk)`` bool (``True`` = visible) and, with
+    ``causal``, ``j <= i + (nk - nq)``. ``scale`` defaults to ``dh ** -0.5``. The
+    result is float32 (float64 for float64 inputs) and differentiable in ``q`` and
+    ``k``; scores are recomputed in blocks of rows, never held whole.
+    """
+    if q.dim() != 4:
+        raise ValueError(f"attention_lse: q must be (batch, heads, seq, dim_head), got shape {tuple(q.shape)}")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return torch.ops.arwrap.attention_lse(q, k, key_mask, float(scale), bool(causal))

@@ -9,7 +9,6 @@ The parameter names come from C++ too (``_C.transformer_parameters``): one sourc
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -17,29 +16,36 @@ from torch import Tensor, nn
 
 from . import _C
 
+
+
+def _field_value(key: str, typ: str, text: str):
+    """A configuration-string value as Python's x-transformers argument."""
+    if typ == "bool":
+        return text == "true"
+    if typ == "float":
+        return float(text)
+    value = int(text)
+    return None if key == "rotary_emb_dim" and value == 0 else value  # 0 stands for x-transformers' None
+
+
+# The configuration's fields, from C++ (the one table): (key, type, is a Decoder option, default or "")
+_FIELDS = [tuple(f) for f in _C.transformer_fields()]
 # x-transformers' Decoder / TransformerWrapper arguments we implement, with their defaults
-DECODER_DEFAULTS = dict(
-    heads=8,
-    attn_dim_head=64,
-    ff_mult=4,
-    ff_glu=False,
-    ff_swish=False,
-    rotary_pos_emb=False,
-    rotary_emb_dim=None,
-    use_rmsnorm=False,
-    norm_add_unit_offset=True,
-    attn_qk_norm=False,
-    attn_qk_norm_scale=10,
-    attn_dropout=0.0,
-    ff_dropout=0.0,
-)
-WRAPPER_DEFAULTS = dict(
-    emb_dropout=0.0,
-    use_abs_pos_emb=True,
-    tie_embedding=False,
-    add_continuous_pred_head=False,
-    attn_z_loss_weight=1e-4,
-)
+DECODER_DEFAULTS = {k: _field_value(k, t, d) for k, t, dec, d in _FIELDS if dec and d != ""}
+WRAPPER_DEFAULTS = {k: _field_value(k, t, d) for k, t, dec, d in _FIELDS if not dec and d != ""}
+
+
+def parse_config(config: str) -> tuple[dict, dict]:
+    """The configuration string as ``(TransformerWrapper kwargs, Decoder kwargs)``, in
+    the names x-transformers and arwrap_cpp share (``rotary_emb_dim=0`` becomes ``None``)."""
+    config = _C.transformer_config(config)  # ValueError on unknown keys / bad values; canonical order
+    kinds = {k: (t, dec) for k, t, dec, _ in _FIELDS}
+    wrapper, decoder = {}, {}
+    for item in config.split(","):
+        key, _, text = item.partition("=")
+        typ, is_decoder = kinds[key]
+        (decoder if is_decoder else wrapper)[key] = _field_value(key, typ, text)
+    return wrapper, decoder
 
 
 def _refuse(where: str, unknown, supported) -> None:
@@ -80,25 +86,6 @@ def _build(root: nn.Module, names, shapes, prefix: str, strip: bool = False) -> 
                 mod.add_module(part, child)
             mod = child
         mod.register_parameter(leaf, nn.Parameter(torch.empty(shape)))
-
-
-def _init_like_x_transformers(module: nn.Module, unit_offset: bool, prefix: str = "") -> None:
-    with torch.no_grad():
-        params = dict(module.named_parameters())
-        for name, p in params.items():
-            full = prefix + name
-            if full == "token_emb.emb.weight":
-                nn.init.kaiming_normal_(p)
-            elif full == "pos_emb.emb.weight":
-                nn.init.normal_(p)
-            elif full.endswith(".gamma") or full.endswith(".g"):
-                p.fill_(0.0 if unit_offset else 1.0)  # x-transformers stores gamma - 1 with the unit offset
-            elif full.endswith(".weight"):  # nn.Linear's default
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-            elif full.endswith(".bias"):
-                fan_in = params[name[: -len("bias")] + "weight"].shape[1]
-                bound = 1 / math.sqrt(fan_in)
-                nn.init.uniform_(p, -bound, bound)
 
 
 class Decoder(nn.Module):
@@ -184,13 +171,12 @@ class TransformerWrapper(nn.Module):
         self.attn_layers = attn_layers
         _build(attn_layers, names, shapes, prefix="attn_layers.", strip=True)
         if rotary_dim > 0:
-            r = attn_layers.config["rotary_emb_dim"] or attn_layers.config["attn_dim_head"] // 2
             rotary = _Node()
-            rotary.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, r, 2).float() / r)))
+            rotary.register_buffer("inv_freq", _C.transformer_rotary_inv_freq(self.config))
             attn_layers.add_module("rotary_pos_emb", rotary)
         _build(self, names, shapes, prefix="to_logits.")
         _build(self, names, shapes, prefix="to_next_embed_pred.")
-        _init_like_x_transformers(self, attn_layers.config["norm_add_unit_offset"])
+        _C.transformer_init_parameters(self.config, self.weights())  # as x-transformers initialises them
 
     # the parameters in the order the C++ forward takes them
     def weights(self) -> list:

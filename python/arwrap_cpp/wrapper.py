@@ -63,8 +63,7 @@ class AutoregressiveWrapper(nn.Module):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"AutoregressiveWrapper: net must be an nn.Module, got {type(net).__name__}")
-        if not (0.0 <= float(mask_prob) < 1.0):
-            raise ValueError(f"AutoregressiveWrapper: mask_prob must be in [0, 1), got {mask_prob}")
+        _C.validate_wrapper_options(float(mask_prob), float(next_embed_loss_weight))
         if getattr(net, "looped", False):
             raise ValueError("AutoregressiveWrapper: looped nets (TransformerWrapper(looped=True)) are not supported yet")
         self.net = net

@@ -7,6 +7,7 @@
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+#include <torch/arg.h>
 
 #include <cstdint>
 #include <optional>
@@ -18,19 +19,13 @@ namespace arwrap {
 // ---------------------------------------------------------------- shift_tokens
 
 struct ShiftTokensOptions {
-  ShiftTokensOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
-  ShiftTokensOptions& pad_value(int64_t v) { pad_value_ = v; return *this; }
-  ShiftTokensOptions& mask_prob(double v) { mask_prob_ = v; return *this; }
-  ShiftTokensOptions& mask_token_id(std::optional<int64_t> v) { mask_token_id_ = v; return *this; }
+  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, pad_value) = 0;
+  TORCH_ARG(double, mask_prob) = 0.0;
+  TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
   // Keep the last token in input (and draw the mask over all n + 1 positions), as
   // x-transformers 2.31's wrapper feeds its net: input and mask are then (b, n + 1).
-  ShiftTokensOptions& keep_last(bool v) { keep_last_ = v; return *this; }
-
-  int64_t ignore_index_ = -100;
-  int64_t pad_value_ = 0;
-  double mask_prob_ = 0.0;
-  std::optional<int64_t> mask_token_id_ = std::nullopt;
-  bool keep_last_ = false;
+  TORCH_ARG(bool, keep_last) = false;
 };
 
 struct ShiftedTokens {
@@ -57,20 +52,14 @@ ShiftedTokens shift_tokens(
 // ---------------------------------------------------------------- cross_entropy
 
 struct CrossEntropyOptions {
-  CrossEntropyOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
+  TORCH_ARG(int64_t, ignore_index) = -100;
   // "mean" (over non-ignored targets), "sum" or "none"
-  CrossEntropyOptions& reduction(std::string v) { reduction_ = std::move(v); return *this; }
-  CrossEntropyOptions& label_smoothing(double v) { label_smoothing_ = v; return *this; }
-  CrossEntropyOptions& z_loss_weight(double v) { z_loss_weight_ = v; return *this; }
+  TORCH_ARG(std::string, reduction) = "mean";
+  TORCH_ARG(double, label_smoothing) = 0.0;
+  TORCH_ARG(double, z_loss_weight) = 0.0;
   // Write the gradient over the logits buffer (the logits are clobbered when the
   // loss requires grad); peak memory is then one logits tensor plus O(rows).
-  CrossEntropyOptions& inplace_backward(bool v) { inplace_backward_ = v; return *this; }
-
-  int64_t ignore_index_ = -100;
-  std::string reduction_ = "mean";
-  double label_smoothing_ = 0.0;
-  double z_loss_weight_ = 0.0;
-  bool inplace_backward_ = false;
+  TORCH_ARG(bool, inplace_backward) = false;
 };
 
 // Cross-entropy of logits (..., V) against int64 targets (...), float32 loss.
@@ -91,15 +80,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_with_lse(
 // ---------------------------------------------------------- linear_cross_entropy
 
 struct LinearCrossEntropyOptions {
-  LinearCrossEntropyOptions& ignore_index(int64_t v) { ignore_index_ = v; return *this; }
-  LinearCrossEntropyOptions& reduction(std::string v) { reduction_ = std::move(v); return *this; }
-  LinearCrossEntropyOptions& label_smoothing(double v) { label_smoothing_ = v; return *this; }
-  LinearCrossEntropyOptions& z_loss_weight(double v) { z_loss_weight_ = v; return *this; }
-
-  int64_t ignore_index_ = -100;
-  std::string reduction_ = "mean";
-  double label_smoothing_ = 0.0;
-  double z_loss_weight_ = 0.0;
+  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(std::string, reduction) = "mean";
+  TORCH_ARG(double, label_smoothing) = 0.0;
+  TORCH_ARG(double, z_loss_weight) = 0.0;
 };
 
 // cross_entropy(hidden @ weight.T + bias, target) without materialising the logits:
@@ -113,6 +97,24 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
 std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_with_lse(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
     const std::optional<at::Tensor>& bias = std::nullopt, const LinearCrossEntropyOptions& options = {});
+
+// ---------------------------------------------------------------- attention_lse
+
+struct AttentionLseOptions {
+  // Keys each query may see: (batch, keys) bool, true = visible; none: all keys.
+  TORCH_ARG(std::optional<at::Tensor>, key_mask) = std::nullopt;
+  // Score scale; none: dim_head ** -0.5.
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
+  // Row i sees keys j <= i + (keys - queries).
+  TORCH_ARG(bool, causal) = false;
+};
+
+// The log-sum-exp of every attention row, lse[b, h, i] = log sum_j exp(scale q_i . k_j)
+// over the keys row i may see, for q (b, h, nq, dh) and k (b, h, nk, dh), nq <= nk:
+// float32 (float64 for float64 inputs), differentiable in q and k, computed in blocks
+// of rows (never the full (nq, nk) scores). x-transformers' attention z-loss is the
+// mean square of its sum over layers.
+at::Tensor attention_lse(const at::Tensor& q, const at::Tensor& k, const AttentionLseOptions& options = {});
 
 // True when libarwrap was built with its CUDA kernels.
 bool built_with_cuda();

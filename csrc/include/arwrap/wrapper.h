@@ -100,6 +100,11 @@ struct ARWrapperOptions {
   // loss with the fused linear cross-entropy, never materialising the logits
   // (not with return_outputs, which needs them).
   TORCH_ARG(bool, fused_head) = false;
+
+ public:
+  // Checks every value; throws c10::ValueError naming the bad one (the wrapper's
+  // constructor calls it; Python's AutoregressiveWrapper too, at construction).
+  void validate() const;
 };
 
 struct ARForwardArgs {

@@ -1,5 +1,6 @@
-// The row kernels of the fused cross-entropy, shared by cross_entropy and
-// linear_cross_entropy (which runs them on tiles of logits it computes itself).
+// The row kernels of the fused cross-entropy (cross_entropy_rows.cpp), shared by
+// cross_entropy and linear_cross_entropy (which runs them on tiles of logits it
+// computes itself).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +25,15 @@ int64_t count_valid_targets(const at::Tensor& target, int64_t V, int64_t ignore_
 void cross_entropy_rows(const at::Tensor& logits, const int64_t* target, int64_t ignore_index, double label_smoothing,
                         double z_loss_weight, double* row_losses, double* lse_rows, const at::Tensor* grad,
                         double scale, const double* row_scale, const double* row_glse);
+
+// The gradient from the saved per-row lse: grad[i] = c_i * dloss_i/dlogits_i +
+// row_glse[i] * softmax(logits[i]) (row_glse may be null), with c_i = row_scale[i] (or
+// scale when row_scale is null) for non-ignored rows and 0 for ignored ones. grad has
+// unit stride in V and may be logits itself (written in place). Targets must have been
+// checked (count_valid_targets).
+void cross_entropy_rows_backward(const at::Tensor& logits, const int64_t* target, int64_t ignore_index,
+                                 double label_smoothing, double z_loss_weight, const double* lse_rows, double scale,
+                                 const double* row_scale, const double* row_glse, const at::Tensor& grad);
 
 // Per-row values (loss, lse, upstream gradients) cross through double vectors:
 // O(rows), whatever the loss dtype (float32, or float64 for float64 logits).

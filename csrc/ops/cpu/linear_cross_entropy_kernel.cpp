@@ -23,21 +23,22 @@ struct Result {
 
 // One sweep over the row tiles; the CPU turns each tile into its loss and gradient
 // with the fused cross-entropy row sweep. grad_scale/row_scale/row_glse as in
-// cross_entropy_rows; need: which of dH, dW, db to produce (none: loss and lse only).
+// cross_entropy_rows; output_mask: which of dH, dW, db to produce (none: loss and lse only).
 Result run_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                 const at::Tensor& target_in, int64_t ignore_index, double eps, double w, double scale,
-                 const double* row_scale, const double* row_glse, std::array<bool, 3> need) {
+                 const at::Tensor& target_in, int64_t ignore_index, double label_smoothing, double z_loss_weight,
+                 double scale, const double* row_scale, const double* row_glse, std::array<bool, 3> output_mask) {
   const int64_t D = hidden.size(-1);
   const at::Tensor h = hidden.reshape({-1, D}).contiguous();
   const at::Tensor target = target_in.reshape({-1}).contiguous();
   const int64_t N = h.size(0);
-  const bool any_grad = need[0] || need[1] || need[2];
+  const bool any_grad = output_mask[0] || output_mask[1] || output_mask[2];
   Result r;
   r.loss_rows.resize(static_cast<size_t>(N));
   r.lse_rows.resize(static_cast<size_t>(N));
   const int64_t* tgt = target.data_ptr<int64_t>();
-  r.grads = linear_tiles(h, weight, bias, need, 4096, [&](at::Tensor& z, int64_t r0, int64_t) {
-    cross_entropy_rows(z, tgt + r0, ignore_index, eps, w, r.loss_rows.data() + r0, r.lse_rows.data() + r0,
+  r.grads = linear_tiles(h, weight, bias, output_mask, 4096, [&](at::Tensor& z, int64_t r0, int64_t) {
+    cross_entropy_rows(z, tgt + r0, ignore_index, label_smoothing, z_loss_weight, r.loss_rows.data() + r0,
+                       r.lse_rows.data() + r0,
                        any_grad ? &z : nullptr, scale, row_scale ? row_scale + r0 : nullptr,
                        row_glse ? row_glse + r0 : nullptr);
   });
@@ -46,19 +47,20 @@ Result run_tiles(const at::Tensor& hidden, const at::Tensor& weight, const std::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_forward_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& target, int64_t ignore_index, int64_t reduction, double eps, double w,
+    const at::Tensor& target, int64_t ignore_index, int64_t reduction, double label_smoothing, double z_loss_weight,
     std::array<bool, 3> output_mask) {
-  check_linear_cross_entropy_args(hidden, weight, bias, target, eps, w);
-  const Reduction red = to_reduction(reduction);
-  TORCH_CHECK_VALUE(red != Reduction::None || !(output_mask[0] || output_mask[1] || output_mask[2]),
+  check_linear_cross_entropy_args(hidden, weight, bias, target, label_smoothing, z_loss_weight);
+  const Reduction kind = to_reduction(reduction);
+  TORCH_CHECK_VALUE(kind != Reduction::None || !(output_mask[0] || output_mask[1] || output_mask[2]),
                     "linear_cross_entropy_forward: gradients in the forward need reduction mean or sum");
-  auto out = alloc_cross_entropy_outputs(hidden.select(-1, 0), target, red);
+  auto out = alloc_cross_entropy_outputs(hidden.select(-1, 0), target, kind);
   const int64_t count = count_valid_targets(target.reshape({-1}).contiguous(), weight.size(0), ignore_index,
                                             "linear_cross_entropy");
-  const double c = red == Reduction::Mean ? (count > 0 ? 1.0 / static_cast<double>(count) : 0.0) : 1.0;
-  Result r = run_tiles(hidden, weight, bias, target, ignore_index, eps, w, c, nullptr, nullptr, output_mask);
+  const double c = kind == Reduction::Mean ? (count > 0 ? 1.0 / static_cast<double>(count) : 0.0) : 1.0;
+  Result r = run_tiles(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, c, nullptr, nullptr,
+                       output_mask);
   write_rows(out.lse, r.lse_rows);
-  if (red == Reduction::None) {
+  if (kind == Reduction::None) {
     write_rows(out.loss, r.loss_rows);
   } else {
     double total = 0.0;  // fixed order
@@ -72,22 +74,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& hidden,
     const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& target, int64_t ignore_index,
-    int64_t reduction, double eps, double w, std::array<bool, 3> output_mask) {
-  check_linear_cross_entropy_args(hidden, weight, bias, target, eps, w);
-  const Reduction red = to_reduction(reduction);
+    int64_t reduction, double label_smoothing, double z_loss_weight, std::array<bool, 3> output_mask) {
+  check_linear_cross_entropy_args(hidden, weight, bias, target, label_smoothing, z_loss_weight);
+  const Reduction kind = to_reduction(reduction);
   const at::Tensor probe = hidden.select(-1, 0);  // a tensor of target's shape with hidden's dtype
   check_cross_entropy_backward_args(grad_loss, grad_lse, probe, target, at::empty(target.sizes(), grad_loss.options()),
-                                    red);
+                                    kind);
   const int64_t count = count_valid_targets(target.reshape({-1}).contiguous(), weight.size(0), ignore_index,
                                             "linear_cross_entropy");
-  const std::vector<double> gl = read_rows(grad_loss);
+  const std::vector<double> grad_loss_rows = read_rows(grad_loss);
   std::vector<double> glse;
   if (grad_lse.has_value() && grad_lse->defined()) glse = read_rows(*grad_lse);
   double scale = 1.0;
-  if (red == Reduction::Mean) scale = count > 0 ? gl[0] / static_cast<double>(count) : 0.0;
-  if (red == Reduction::Sum) scale = gl[0];
-  Result r = run_tiles(hidden, weight, bias, target, ignore_index, eps, w, scale,
-                       red == Reduction::None ? gl.data() : nullptr, glse.empty() ? nullptr : glse.data(), output_mask);
+  if (kind == Reduction::Mean) scale = count > 0 ? grad_loss_rows[0] / static_cast<double>(count) : 0.0;
+  if (kind == Reduction::Sum) scale = grad_loss_rows[0];
+  Result r = run_tiles(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, scale,
+                       kind == Reduction::None ? grad_loss_rows.data() : nullptr, glse.empty() ? nullptr : glse.data(),
+                       output_mask);
   const at::Tensor gh = r.grads.hidden.defined() ? r.grads.hidden.view(hidden.sizes()) : r.grads.hidden;
   return {or_empty(gh, hidden), or_empty(r.grads.weight, weight), or_empty(r.grads.bias, weight)};
 }

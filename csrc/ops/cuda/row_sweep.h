@@ -1,5 +1,5 @@
 // How one thread block sweeps a row of V elements with 16-byte loads: the index
-// arithmetic of ../cuda/cross_entropy_kernel.cu, kept free of CUDA so the CPU tests
+// arithmetic of row_read/row_map in cross_entropy_rows.cuh, kept free of CUDA so the CPU tests
 // compile it and check that every element is visited exactly once
 // (tests/ops/test_cuda_preflight.py).
 //

@@ -4,6 +4,8 @@
 // buffer. Otherwise a grid-stride sweep reads and writes each element once (in the
 // accumulate type: float for bf16/fp16/float32, double for float64). Contiguous grad;
 // a strided one goes through at::mul_ (which always reads and writes it).
+#include "../common.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -29,13 +31,8 @@ __global__ void __launch_bounds__(256) scale_unless_one_kernel(T* __restrict__ g
 }
 
 void scale_grad_cuda(const at::Tensor& grad, const at::Tensor& scale) {
-  TORCH_CHECK_VALUE(at::isFloatingType(grad.scalar_type()), "scale_grad_: grad must be floating point, got ",
-                    grad.scalar_type());
-  TORCH_CHECK_VALUE(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble),
-                    "scale_grad_: scale must be a one-element float32 or float64 tensor, got ", scale.scalar_type(),
-                    " of shape ", scale.sizes());
-  TORCH_CHECK_VALUE(grad.is_cuda() && scale.device() == grad.device(), "scale_grad_: grad (", grad.device(),
-                    ") and scale (", scale.device(), ") must be on one CUDA device");
+  check_scale_grad_args(grad, scale);
+  TORCH_CHECK_VALUE(grad.is_cuda(), "scale_grad_: grad (", grad.device(), ") must be on a CUDA device");
   if (!grad.is_contiguous()) {
     grad.mul_(scale.reshape({}));
     return;

@@ -1,0 +1,135 @@
+// The native net's layers: see layers.h.
+#include "layers.h"
+
+#include <arwrap/ops.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace arwrap::layers {
+
+Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
+  const auto specs = o.parameter_specs();
+  TORCH_CHECK_VALUE(w.size() == specs.size(), "TransformerWrapper: expected ", specs.size(),
+                    " weights (parameter_names()), got ", w.size());
+  Weights r;
+  r.layers.resize(o.attn_layers().depth());
+  for (size_t i = 0; i < w.size(); ++i) {
+    const ParamSpec& s = specs[i];
+    TORCH_CHECK_VALUE(w[i].defined() && w[i].sizes() == at::IntArrayRef(s.shape), "TransformerWrapper: weight '",
+                      s.name, "' must have shape ", at::IntArrayRef(s.shape), ", got ",
+                      w[i].defined() ? c10::str(w[i].sizes()) : std::string("nothing"));
+    TORCH_CHECK_VALUE(at::isFloatingType(w[i].scalar_type()) && w[i].scalar_type() == w[0].scalar_type() &&
+                          w[i].device() == w[0].device(),
+                      "TransformerWrapper: weight '", s.name, "' is ", w[i].scalar_type(), " on ", w[i].device(),
+                      "; every weight must be floating point, of one dtype, on one device (", w[0].scalar_type(),
+                      " on ", w[0].device(), ")");
+    LayerWeights* L = s.layer >= 0 ? &r.layers[s.layer] : nullptr;
+    switch (s.role) {
+      case ParamRole::TokenEmb: r.token_emb = w[i]; break;
+      case ParamRole::PosEmb: r.pos_emb = w[i]; break;
+      case ParamRole::AttnNorm: L->attn_norm = w[i]; break;
+      case ParamRole::ToQ: L->q = w[i]; break;
+      case ParamRole::ToK: L->k = w[i]; break;
+      case ParamRole::ToV: L->v = w[i]; break;
+      case ParamRole::ToOut: L->out = w[i]; break;
+      case ParamRole::FFNorm: L->ff_norm = w[i]; break;
+      case ParamRole::FFInWeight: L->ff_in_w = w[i]; break;
+      case ParamRole::FFInBias: L->ff_in_b = w[i]; break;
+      case ParamRole::FFOutWeight: L->ff_out_w = w[i]; break;
+      case ParamRole::FFOutBias: L->ff_out_b = w[i]; break;
+      case ParamRole::FinalNorm: r.final_norm = w[i]; break;
+      case ParamRole::ToLogits: r.to_logits = w[i]; break;
+      case ParamRole::NextEmbed0: r.next0 = w[i]; break;
+      case ParamRole::NextEmbed2: r.next2 = w[i]; break;
+    }
+  }
+  return r;
+}
+
+at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset) {
+  const at::Tensor g = unit_offset ? gamma + 1.0 : gamma;
+  // normalise, then scale, as x-transformers does: layer_norm's fused affine backward
+  // reduces gamma's gradient in an order that depends on the thread count
+  if (!rms) return at::layer_norm(x, {x.size(-1)}, {}, {}, 1e-5) * g;
+  const at::Tensor n = at::linalg_vector_norm(x, 2, {-1}, true).clamp_min(1e-12);
+  return x / n * (g * std::sqrt(static_cast<double>(x.size(-1))));
+}
+
+Rotary rotary_tables(const TransformerWrapperOptions& o, int64_t offset, int64_t length, const at::Tensor& like) {
+  Rotary r;
+  if (o.rotary_dim() == 0) return r;
+  const auto fopt = like.options().dtype(at::kFloat);
+  const at::Tensor inv_freq = o.rotary_inv_freq().to(like.device());
+  const at::Tensor t = at::arange(offset, offset + length, fopt);
+  const at::Tensor freqs = at::outer(t, inv_freq).repeat_interleave(2, -1);  // (length, rotary_dim)
+  r.cos = freqs.cos().to(like.scalar_type());
+  r.sin = freqs.sin().to(like.scalar_type());
+  return r;
+}
+
+at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
+  const int64_t rot = rotary.cos.size(-1);
+  at::Tensor head = t.narrow(-1, 0, rot);
+  const auto sizes = head.sizes().vec();
+  auto pairs = head.reshape({-1, rot / 2, 2}).unbind(-1);
+  at::Tensor rotated = at::stack({-pairs[1], pairs[0]}, -1).reshape(sizes);
+  at::Tensor out = head * rotary.cos + rotated * rotary.sin;
+  if (rot == t.size(-1)) return out;
+  return at::cat({out, t.narrow(-1, rot, t.size(-1) - rot)}, -1);
+}
+
+at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
+                     at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse) {
+  const int64_t b = h.size(0), m = h.size(1), H = d.heads(), dh = d.attn_dim_head();
+  auto heads = [&](const at::Tensor& weight) { return at::linear(h, weight).view({b, m, H, dh}).transpose(1, 2); };
+  at::Tensor q = heads(w.q), k = heads(w.k), v = heads(w.v);
+  if (d.attn_qk_norm()) {
+    q = q / at::linalg_vector_norm(q, 2, {-1}, true).clamp_min(1e-12);
+    k = k / at::linalg_vector_norm(k, 2, {-1}, true).clamp_min(1e-12);
+  }
+  if (ctx.rotary.cos.defined()) {
+    q = apply_rotary(q, ctx.rotary);
+    k = apply_rotary(k, ctx.rotary);
+  }
+  int64_t mk = m;
+  if (k_cache) {
+    if (k_cache->defined()) {
+      k = at::cat({*k_cache, k}, 2);
+      v = at::cat({*v_cache, v}, 2);
+    }
+    *k_cache = k;
+    *v_cache = v;
+    mk = k.size(2);
+  }
+  at::Tensor a;
+  if (mk == m) {
+    a = at::scaled_dot_product_attention(q, k, v, ctx.sdpa_mask, ctx.dropout, ctx.causal, ctx.scale);
+  } else if (m == 1) {  // one new position sees the whole cache
+    a = at::scaled_dot_product_attention(q, k, v, std::nullopt, ctx.dropout, false, ctx.scale);
+  } else {  // new rows i see keys j <= i + (mk - m)
+    const at::Tensor allowed = at::ones({m, mk}, h.options().dtype(at::kBool)).tril(mk - m);
+    a = at::scaled_dot_product_attention(q, k, v, allowed, ctx.dropout, false, ctx.scale);
+  }
+  if (lse) {
+    std::optional<at::Tensor> km;
+    if (ctx.key_mask.defined()) km = ctx.key_mask;
+    *lse = arwrap::attention_lse(q, k, AttentionLseOptions().key_mask(km).scale(ctx.scale).causal(true));
+  }
+  return at::linear(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+}
+
+at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training) {
+  at::Tensor f = at::linear(h, w.ff_in_w, w.ff_in_b);
+  if (d.ff_glu()) {
+    auto parts = f.chunk(2, -1);
+    f = parts[0] * (d.ff_swish() ? at::silu(parts[1]) : at::gelu(parts[1]));
+  } else {
+    f = d.ff_swish() ? at::silu(f) : at::gelu(f);
+  }
+  if (training && d.ff_dropout() > 0) f = at::dropout(f, d.ff_dropout(), true);
+  return at::linear(f, w.ff_out_w, w.ff_out_b);
+}
+
+}  // namespace arwrap::layers

@@ -1,0 +1,63 @@
+// The native net's layers, as functions over weights (x-transformers 2.31.10's math):
+// the norm, rotary embeddings, the attention block and the feed-forward block.
+// transformer_forward (transformer_forward.cpp) strings them together.
+#pragma once
+
+#include <arwrap/transformer.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+namespace arwrap::layers {
+
+// One decoder layer's weights (roles of the parameter table).
+struct LayerWeights {
+  at::Tensor attn_norm, q, k, v, out, ff_norm, ff_in_w, ff_in_b, ff_out_w, ff_out_b;
+};
+
+// The whole net's weights by role, from the flat list in parameter_specs() order.
+struct Weights {
+  at::Tensor token_emb, pos_emb, final_norm, to_logits, next0, next2;
+  std::vector<LayerWeights> layers;
+};
+
+// Checks names, shapes, dtypes and devices against the parameter table, then sorts by role.
+Weights unpack_weights(const TransformerWrapperOptions& options, at::TensorList weights);
+
+// LayerNorm (no affine, eps 1e-5) * gamma, or F.normalize(x) * sqrt(dim) * g; with
+// unit_offset the stored value is gamma - 1.
+at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset);
+
+// cos/sin tables (positions offset .. offset + length, rotary_dim() columns) in x's dtype.
+struct Rotary {
+  at::Tensor cos, sin;
+};
+Rotary rotary_tables(const TransformerWrapperOptions& options, int64_t offset, int64_t length,
+                     const at::Tensor& like);
+// x-transformers' rotary embedding on the first rotary_dim dims, pairs interleaved:
+// (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
+at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary);
+
+// What every layer's attention shares in one forward.
+struct AttentionContext {
+  std::optional<at::Tensor> sdpa_mask;  // (b, 1, m, m) bool when a key mask is given
+  bool causal = true;
+  at::Tensor key_mask;                  // (b, m) true = kept, or undefined
+  Rotary rotary;                        // undefined tensors without rotary embeddings
+  double scale = 1.0;
+  double dropout = 0.0;
+};
+
+// The attention block on the normed input h (b, m, dim): q, k, v projections,
+// qk-norm, rotary, causal SDPA (over the cached keys too when k_cache/v_cache are
+// given: they are extended in place), the output projection. With lse, also the
+// attention's log-sum-exp per query (b, heads, m) for the z-loss (arwrap::attention_lse).
+at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
+                     at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
+
+// The feed-forward block on the normed input: Linear, GELU/SiLU (or its GLU), dropout, Linear.
+at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training);
+
+}  // namespace arwrap::layers

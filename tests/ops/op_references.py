@@ -1,0 +1,189 @@
+"""One reference and one ``sample_inputs`` per operator, as pytorch/extension-cpp's tests do.
+
+Each ``reference_<op>`` takes the arguments of ``torch.ops.arwrap.<op>`` (its schema's order)
+and computes the result in plain PyTorch, in float64 for the floating-point operators. Each
+``sample_inputs_<op>(device, dtype)`` yields argument tuples for that operator: odd shapes,
+ignored targets, tiny and large vocabularies, floating inputs that require grad. The tests in
+tests/ops run every sample through the operator, its reference, opcheck and torch.compile.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DEVICES = ["cpu", "cuda"]
+
+
+def skip_reason(device):
+    """Why a device's variant cannot run here (None when it can)."""
+    if device == "cuda":
+        import arwrap_cpp
+
+        if not torch.cuda.is_available():
+            return "needs a CUDA device"
+        if not arwrap_cpp.built_with_cuda():
+            return "libarwrap was built without its CUDA kernels"
+    return None
+
+
+# ------------------------------------------------------------------ shift_tokens
+
+def reference_shift_tokens(x, lens=None, noise=None, ignore_index=-100, pad_value=0, mask_prob=0.0,
+                           mask_token_id=None, keep_last=False):
+    """x-transformers' AutoregressiveWrapper.forward rules, row by row in Python."""
+    b, n1 = x.shape
+    n = n1 - 1
+    m = n1 if keep_last else n
+    L = lens.tolist() if lens is not None else [n1] * b
+    inp = torch.empty(b, m, dtype=torch.long)
+    tgt = torch.empty(b, n, dtype=torch.long)
+    xs = x.cpu()
+    for i in range(b):
+        for j in range(m):
+            v = int(xs[i, j]) if j < L[i] else ignore_index
+            inp[i, j] = pad_value if v == ignore_index else v
+        for j in range(n):
+            tgt[i, j] = int(xs[i, j + 1]) if j + 1 < L[i] else ignore_index
+    mask = torch.empty(0, dtype=torch.bool)
+    if mask_prob > 0:
+        k = min(int(m * mask_prob), m - 1)
+        mask = torch.ones(b, m, dtype=torch.bool)
+        nz = noise.cpu()
+        for i in range(b):
+            # the k largest draws among positions 1..m-1 (ties: the earlier position)
+            order = sorted(range(1, m), key=lambda j: (-float(nz[i, j]), j))[:k]
+            for j in order:
+                mask[i, j] = False
+                if mask_token_id is not None:
+                    inp[i, j] = mask_token_id
+    return inp.to(x.device), tgt.to(x.device), mask.to(x.device)
+
+
+def sample_inputs_shift_tokens(device, dtype=None):
+    g = torch.Generator().manual_seed(0)
+    for b, n1, with_lens, mask_prob, mask_token_id, keep_last in [
+        (1, 2, False, 0.0, None, False),
+        (3, 17, True, 0.0, None, False),
+        (4, 33, True, 0.3, None, True),
+        (2, 9, False, 0.5, 7, False),
+    ]:
+        x = torch.randint(0, 50, (b, n1), generator=g)
+        x[0, n1 // 2] = -100
+        lens = torch.randint(0, n1 + 1, (b,), generator=g).to(device) if with_lens else None
+        m = n1 if keep_last else n1 - 1
+        noise = torch.randn(b, m, generator=g).to(device) if mask_prob > 0 else None
+        yield (x.to(device), lens, noise, -100, 0, mask_prob, mask_token_id, keep_last)
+
+
+# ------------------------------------------------------------------ cross_entropy
+
+def reference_cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                            z_loss_weight=0.0, inplace_backward=False, return_lse=False, *, dtype=torch.float64):
+    """float64 reference: (1-eps) nll + eps (lse - mean z) + w lse^2, mean over non-ignored
+    targets (0 when there are none). Returns the loss, and (loss, lse) with return_lse.
+    dtype: the precision it computes in (float32 gives the yardstick of a float32 pipeline)."""
+    z = logits.to(dtype)
+    V = z.shape[-1]
+    valid = target != ignore_index
+    t = torch.where(valid, target, 0)
+    lse = torch.logsumexp(z, dim=-1)
+    nll = lse - z.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    loss = (1 - label_smoothing) * nll
+    if label_smoothing > 0:
+        loss = loss + label_smoothing * (lse - z.sum(-1) / V)
+    if z_loss_weight > 0:
+        loss = loss + z_loss_weight * lse**2
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "sum":
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / valid.sum().clamp(min=1)
+    return (loss, lse) if return_lse else loss
+
+
+def _targets(shape, V, g, ignore_frac=0.25, ignore_index=-100):
+    t = torch.randint(0, V, shape, generator=g)
+    t[torch.rand(shape, generator=g) < ignore_frac] = ignore_index
+    return t
+
+
+def sample_inputs_cross_entropy(device, dtype=torch.float64):
+    """(logits, target, ignore_index, reduction, label_smoothing, z_loss_weight, inplace_backward, return_lse)"""
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        ((7, 13), 1009, "mean", 0.0, 0.0, False),
+        ((257,), 131, "sum", 0.1, 0.0, False),
+        ((3, 5), 1, "none", 0.0, 1e-4, True),  # a vocabulary of one
+        ((2, 3), 2, "mean", 0.3, 1e-2, True),
+        ((5,), 4099, "none", 0.0, 0.0, False),
+        ((2,), 65537, "mean", 0.0, 1e-4, False),  # a vocabulary over 64K
+    ]
+    for shape, V, reduction, eps, w, return_lse in cases:
+        z = (torch.randn(*shape, V, generator=g, dtype=torch.float64) * 3).to(device, dtype).requires_grad_(True)
+        yield (z, _targets(shape, V, g).to(device), -100, reduction, eps, w, False, return_lse)
+    # every target ignored: loss 0 and zero gradients
+    z = torch.randn(4, 10, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+    yield (z, torch.full((4,), -100).to(device), -100, "mean", 0.1, 1e-3, False, False)
+
+
+# ------------------------------------------------------------------ linear_cross_entropy
+
+def reference_linear_cross_entropy(hidden, weight, bias, target, ignore_index=-100, reduction="mean",
+                                   label_smoothing=0.0, z_loss_weight=0.0, return_lse=False):
+    """The cross-entropy reference on the materialised float64 logits."""
+    z = F.linear(hidden.double(), weight.double(), bias.double() if bias is not None else None)
+    return reference_cross_entropy(z, target, ignore_index, reduction, label_smoothing, z_loss_weight,
+                                   return_lse=return_lse)
+
+
+def sample_inputs_linear_cross_entropy(device, dtype=torch.float64):
+    """(hidden, weight, bias, target, ignore_index, reduction, label_smoothing, z_loss_weight, return_lse)"""
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        ((257,), 31, 1009, True, "mean", 0.0, 0.0, False),
+        ((3, 7), 16, 37, False, "sum", 0.1, 1e-3, False),
+        ((5,), 8, 1, True, "none", 0.0, 0.0, True),
+        ((4,), 8, 10, True, "mean", 0.0, 0.0, False),  # every target ignored (below)
+    ]
+    for i, (shape, D, V, bias, reduction, eps, w, return_lse) in enumerate(cases):
+        def leaf(*s):
+            return torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+
+        h, W = leaf(*shape, D), leaf(V, D)
+        b = leaf(V) if bias else None
+        t = _targets(shape, V, g) if i < len(cases) - 1 else torch.full(shape, -100)
+        yield (h, W, b, t.to(device), -100, reduction, eps, w, return_lse)
+
+
+# ------------------------------------------------------------------ attention_lse
+
+def reference_attention_lse(q, k, key_mask, scale, causal):
+    """log sum_j exp(scale q_i . k_j) over the visible keys, on the full score matrix."""
+    s = (q @ k.transpose(-1, -2)) * scale
+    nq, nk = q.shape[-2], k.shape[-2]
+    allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril(nk - nq)
+    allowed = allowed.expand(q.shape[0], 1, nq, nk)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    return s.masked_fill(~allowed, torch.finfo(s.dtype).min).logsumexp(-1)
+
+
+def sample_inputs_attention_lse(device, dtype=torch.float64):
+    """(q, k, key_mask, scale, causal)"""
+    g = torch.Generator().manual_seed(0)
+    for b, h, nq, nk, d, masked, causal in [
+        (2, 3, 5, 7, 4, True, True),
+        (2, 3, 5, 7, 4, False, False),
+        (1, 2, 9, 9, 8, True, False),
+        (3, 1, 1, 6, 2, False, True),  # one new position against a cache
+    ]:
+        q = torch.randn(b, h, nq, d, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+        k = torch.randn(b, h, nk, d, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+        mask = None
+        if masked:
+            mask = torch.rand(b, nk, generator=g) > 0.3
+            mask[:, 0] = True  # every row sees at least one key
+            mask = mask.to(device)
+        yield (q, k, mask, d**-0.5, causal)

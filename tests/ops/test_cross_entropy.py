@@ -1,0 +1,394 @@
+"""Fused cross-entropy: against float64, PyTorch and x-transformers' own cross_entropy
+(the operator machinery, opcheck, gradcheck, compile and TorchScript: test_cross_entropy_operator.py)."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+import arwrap_cpp
+from arwrap_cpp import cross_entropy
+from op_references import reference_cross_entropy as ref
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def make(shape, V, dtype=torch.float32, device="cpu", ignore_frac=0.1, scale=3.0):
+    logits = (torch.randn(*shape, V, dtype=torch.float64) * scale).to(dtype).to(device)
+    target = torch.randint(0, V, shape, device=device)
+    target[torch.rand(shape, device=device) < ignore_frac] = -100
+    return logits, target
+
+
+def grads(fn, logits, upstream=None):
+    x = logits.detach().clone().requires_grad_(True)
+    out = fn(x)
+    out.backward(upstream if upstream is not None else torch.ones_like(out))
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape,V", [((7, 13), 1009), ((257,), 131), ((3, 5), 1), ((2, 3), 2), ((5,), 4099)])
+def test_matches_float64_reference(device, dtype, reduction, shape, V):
+    logits, target = make(shape, V, dtype, device)
+    up = torch.randn(shape, dtype=torch.float64, device=device) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64, device=device)
+    ldt = torch.float64 if dtype == torch.float64 else torch.float32
+    loss, g = grads(lambda x: cross_entropy(x, target, reduction=reduction), logits, up.to(ldt))
+    rloss, rg = grads(lambda x: ref(x, target, reduction=reduction), logits.double(), up)
+    assert loss.dtype == ldt
+    tol = TOL[dtype]
+    scale = rloss.abs().max().clamp(min=1.0)
+    assert (loss.double() - rloss).abs().max() <= tol * scale
+    gscale = rg.abs().max().clamp(min=1e-3)
+    assert g.dtype == dtype
+    assert (g.double() - rg).abs().max() <= tol * gscale * 4
+
+
+@pytest.mark.parametrize("label_smoothing,z_loss_weight", [(0.1, 0.0), (0.0, 1e-4), (0.3, 1e-2)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_label_smoothing_and_z_loss(label_smoothing, z_loss_weight, reduction):
+    logits, target = make((9, 11), 333)
+    kw = dict(reduction=reduction, label_smoothing=label_smoothing, z_loss_weight=z_loss_weight)
+    up = torch.randn(9, 11, dtype=torch.float64) if reduction == "none" else None
+    loss, g = grads(lambda x: cross_entropy(x, target, **kw), logits.double(), up)
+    rloss, rg = grads(lambda x: ref(x, target, **kw), logits.double(), up)
+    torch.testing.assert_close(loss, rloss, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g, rg, rtol=1e-9, atol=1e-10)
+    if z_loss_weight == 0.0:  # PyTorch's own label smoothing agrees
+        pt = F.cross_entropy(logits.double().flatten(0, 1), target.flatten(), reduction=reduction,
+                             label_smoothing=label_smoothing)
+        torch.testing.assert_close(loss.flatten() if reduction == "none" else loss, pt)
+    f32loss, f32g = grads(lambda x: cross_entropy(x, target, **kw), logits, up.float() if up is not None else None)
+    torch.testing.assert_close(f32loss.double(), rloss, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(f32g.double(), rg, rtol=1e-4, atol=1e-6)
+
+
+def test_matches_x_transformers_cross_entropy():
+    from x_transformers.autoregressive_wrapper import cross_entropy as xt_cross_entropy
+
+    logits, target = make((3, 37), 517)
+    ours, g = grads(lambda x: cross_entropy(x, target), logits)
+    theirs, tg = grads(lambda x: xt_cross_entropy(rearrange(x, "b n c -> b c n"), target, ignore_index=-100), logits)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, tg, rtol=1e-4, atol=1e-7)
+
+
+def test_confident_predictions_keep_precision():
+    """Loss below 1e-7 must stay accurate (x-transformers' softplus trick) and so must the
+    true-class gradient (p_t - 1 cancels in float32)."""
+    V = 32000
+    for margin in [12.0, 20.0, 25.0, 30.0]:
+        logits = torch.randn(6, V) * 0.5
+        target = torch.randint(0, V, (6,))
+        logits[torch.arange(6), target] = margin + logits.max()
+        loss, g = grads(lambda x: cross_entropy(x, target, reduction="sum"), logits)
+        rloss, rg = grads(lambda x: ref(x, target, reduction="sum"), logits.double())
+        assert abs(loss.double() - rloss) / rloss < 1e-3, (margin, loss.item(), rloss.item())
+        gt, rgt = g[torch.arange(6), target].double(), rg[torch.arange(6), target]
+        assert ((gt - rgt).abs() / rgt.abs()).max() < 1e-3
+    # and far below float32's epsilon: PyTorch's float32 loss is 0 (or wrong) here
+    logits = torch.zeros(2, 1000)
+    logits[:, 3] = 25.0
+    target = torch.tensor([3, 3])
+    loss = cross_entropy(logits, target)
+    r = ref(logits, target)
+    assert r < 1e-7 and abs(loss.double() - r) / r < 1e-3
+
+
+def test_all_targets_ignored_gives_zero_not_nan():
+    logits, target = make((4, 6), 50)
+    target[:] = -100
+    for reduction in ["mean", "sum", "none"]:
+        loss, g = grads(lambda x: cross_entropy(x, target, reduction=reduction, label_smoothing=0.1, z_loss_weight=1e-4), logits)
+        assert torch.all(loss == 0) and torch.all(g == 0)
+    # the documented difference: PyTorch gives NaN here
+    assert torch.isnan(F.cross_entropy(logits.flatten(0, 1), target.flatten()))
+
+
+def test_ignore_index_other_than_default():
+    logits, target = make((5, 7), 20, ignore_frac=0.0)
+    target[0, :3] = 0
+    loss = cross_entropy(logits, target, ignore_index=0)
+    r = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0)
+    torch.testing.assert_close(loss, r)
+
+
+def test_non_contiguous_logits_view():
+    """The wrapper's logits[:, :-1] view, and a transposed batch."""
+    full, _ = make((3, 17), 301)
+    target = torch.randint(0, 301, (3, 16))
+    view = full[:, :-1]
+    assert not view.is_contiguous()
+    loss, g = grads(lambda x: cross_entropy(x[:, :-1], target), full)
+    rloss, rg = grads(lambda x: ref(x[:, :-1], target), full.double())
+    torch.testing.assert_close(loss.double(), rloss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g.double(), rg, rtol=1e-4, atol=1e-7)
+    assert torch.all(g[:, -1] == 0)
+    t2 = full.transpose(0, 1)  # (17, 3, V), leading strides swapped
+    tt = torch.randint(0, 301, (17, 3))
+    torch.testing.assert_close(cross_entropy(t2, tt), F.cross_entropy(t2.reshape(-1, 301), tt.reshape(-1)))
+    # a vocabulary stride != 1 is copied, not rejected
+    vs = full.transpose(1, 2)[..., :5].transpose(1, 2)  # (3, 17, 5) with last-dim stride != 1? make one
+    w = torch.randn(5, 4).t()  # (4, 5), stride (1, 4)
+    torch.testing.assert_close(cross_entropy(w, torch.tensor([0, 1, 2, 3])), F.cross_entropy(w, torch.tensor([0, 1, 2, 3])))
+    del vs
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inplace_backward_gives_same_gradient_in_logits_buffer(reduction, dtype):
+    _, target = make((6, 9), 777, dtype)
+    up = torch.randn(6, 9) if reduction == "none" else torch.tensor(0.37)
+    h = torch.randn(6, 9, 16, dtype=dtype, requires_grad=True)
+    w = torch.randn(777, 16, dtype=dtype) * 0.2
+    # logits produced by a linear layer, as in a model; backward flows through them
+    lg = h @ w.t()
+    lg_data = lg.detach().clone()
+    ptr = lg.data_ptr()
+    loss = cross_entropy(lg, target, reduction=reduction, inplace_backward=True)
+    loss.backward(up)
+    hg_ref = torch.autograd.grad(cross_entropy(h @ w.t(), target, reduction=reduction), h, up)[0]
+    atol = 1e-5 if dtype == torch.float32 else 2e-2 * hg_ref.abs().max().item()
+    torch.testing.assert_close(h.grad, hg_ref, atol=atol, rtol=1e-3)
+    # the logits buffer itself now holds the gradient
+    ref_loss, g = grads(lambda x: cross_entropy(x, target, reduction=reduction), lg_data, up)
+    assert lg.data_ptr() == ptr
+    torch.testing.assert_close(lg.detach(), g)
+    torch.testing.assert_close(loss.detach(), ref_loss)
+
+
+def test_inplace_backward_guards_logits_saved_by_another_node():
+    """Logits clobbered in place must not silently corrupt a node that saved them."""
+    z = torch.randn(4, 50, requires_grad=True)
+    logits = z.exp()  # exp saves its output
+    target = torch.randint(0, 50, (4,))
+    loss = cross_entropy(logits, target, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_backward_second_backward_is_refused_not_wrong():
+    z = torch.randn(4, 50)
+    h = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(50, 8)
+    loss = cross_entropy(h @ w.t(), torch.randint(0, 50, (4,)), inplace_backward=True) * 3.0
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already rescaled"):
+        loss.backward()
+    del z
+
+
+def test_no_grad_does_not_touch_logits():
+    logits, target = make((4, 5), 30)
+    keep = logits.clone()
+    x = logits.clone().requires_grad_(True)
+    with torch.no_grad():
+        loss = cross_entropy(x, target, inplace_backward=True)
+    torch.testing.assert_close(x.detach(), keep)
+    torch.testing.assert_close(loss, F.cross_entropy(keep.flatten(0, 1), target.flatten()))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_return_lse_is_differentiable(reduction):
+    logits, target = make((5, 6), 41)
+    x = logits.double().requires_grad_(True)
+    loss, lse = cross_entropy(x, target, reduction=reduction, return_lse=True)
+    torch.testing.assert_close(lse, torch.logsumexp(x, -1))
+    (loss.sum() + (lse**2).sum() * 0.3).backward()
+    y = logits.double().requires_grad_(True)
+    (ref(y, target, reduction=reduction).sum() + (torch.logsumexp(y, -1) ** 2).sum() * 0.3).backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_large_vocabulary():
+    logits, target = make((3,), 128256, ignore_frac=0.0)
+    loss, g = grads(lambda x: cross_entropy(x, target), logits)
+    rloss, rg = grads(lambda x: ref(x, target), logits.double())
+    torch.testing.assert_close(loss.double(), rloss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g.double(), rg, rtol=1e-4, atol=1e-9)
+
+
+def test_bitwise_deterministic_across_thread_counts():
+    logits, target = make((64, 33), 2003)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in [1, 2, 3]:
+            torch.set_num_threads(n)
+            outs.append(grads(lambda x: cross_entropy(x, target, label_smoothing=0.1, z_loss_weight=1e-4), logits))
+    finally:
+        torch.set_num_threads(old)
+    for loss, g in outs[1:]:
+        assert torch.equal(loss, outs[0][0]) and torch.equal(g, outs[0][1])
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_other_instruction_sets_agree(isa):
+    """The AVX2 and baseline builds of the row kernels (picked at run time) are correct too."""
+    code = textwrap.dedent(
+        """
+        import torch, arwrap_cpp, sys
+        sys.path.insert(0, %r)
+        from op_references import reference_cross_entropy as ref
+        torch.manual_seed(1)
+        z = torch.randn(37, 3001) * 4; t = torch.randint(0, 3001, (37,)); t[::5] = -100
+        x = z.clone().requires_grad_(True); l = arwrap_cpp.cross_entropy(x, t, label_smoothing=0.1); l.backward()
+        y = z.double().requires_grad_(True); r = ref(y, t, label_smoothing=0.1); r.backward()
+        assert abs(l.item() - r.item()) < 1e-5, (l.item(), r.item())
+        assert (x.grad.double() - y.grad).abs().max() < 1e-7
+        print("ok")
+        """
+        % (str(__import__("pathlib").Path(__file__).parent),)
+    )
+    import os
+
+    env = dict(os.environ, ARWRAP_CPU_ISA=isa)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize(
+    "make_args,match",
+    [
+        (lambda: (torch.randn(3, 5), torch.tensor([0, 1, 5])), r"target must be in \[0, 5\)"),
+        (lambda: (torch.randn(3, 5), torch.tensor([0, -1, 2])), r"target must be in \[0, 5\)"),
+        (lambda: (torch.randn(3, 5), torch.tensor([0, 1, 2], dtype=torch.int32)), "target must be int64"),
+        (lambda: (torch.randint(0, 3, (3, 5)), torch.tensor([0, 1, 2])), "logits must be float32"),
+        (lambda: (torch.randn(3, 5), torch.tensor([0, 1])), "target must have the shape of logits"),
+        (lambda: (torch.randn(3, 5), torch.zeros(3, 1, dtype=torch.long)), "target must have the shape of logits"),
+        (lambda: (torch.randn(()), torch.tensor(0)), "at least 1 dimension"),
+        (lambda: (torch.randn(3, 0), torch.zeros(3, dtype=torch.long)), "vocabulary"),
+    ],
+)
+def test_bad_input_names_the_argument(make_args, match):
+    logits, target = make_args()
+    with pytest.raises((ValueError, IndexError, RuntimeError), match=match):
+        cross_entropy(logits, target)
+
+
+def test_bad_options():
+    logits, target = make((3,), 5)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(logits, target, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cross_entropy(logits, target, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="z_loss_weight"):
+        cross_entropy(logits, target, z_loss_weight=-1.0)
+
+
+def test_out_of_range_target_leaves_logits_untouched():
+    logits = torch.randn(4, 10)
+    keep = logits.clone()
+    x = logits.clone().requires_grad_(True)
+    lg = x * 1.0
+    with pytest.raises(IndexError):
+        cross_entropy(lg, torch.tensor([1, 2, 99, 3]), inplace_backward=True)
+    torch.testing.assert_close(lg.detach(), keep)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mismatched_devices():
+    with pytest.raises(ValueError, match="same device"):
+        cross_entropy(torch.randn(3, 5, device="cuda"), torch.tensor([0, 1, 2]))
+
+
+def test_mismatched_devices_meta():
+    with pytest.raises(ValueError, match="same device"):
+        cross_entropy(torch.randn(3, 5, device="meta"), torch.tensor([0, 1, 2]))
+
+
+def test_single_row_and_empty_batch():
+    z = torch.randn(11, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(4)
+    loss = cross_entropy(z, t)
+    torch.testing.assert_close(loss, F.cross_entropy(z, t))
+    loss.backward()
+    torch.testing.assert_close(z.grad, torch.autograd.grad(F.cross_entropy(z, t), z)[0])
+    e = torch.randn(0, 7, requires_grad=True)
+    le = cross_entropy(e, torch.zeros(0, dtype=torch.long))
+    assert le.item() == 0.0
+    le.backward()
+    assert e.grad.shape == (0, 7)
+    assert cross_entropy(e, torch.zeros(0, dtype=torch.long), reduction="none").shape == (0,)
+
+
+# ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
+
+cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
+    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
+)
+CUDA_TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("V", [1, 7, 1009, 32000, 128256])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cross_entropy_cuda_equals_cpu(dtype, reduction, V, inplace):
+    rows = 37 if V < 100000 else 5
+    z = (torch.randn(rows, V, dtype=torch.float64) * 3).to(dtype)
+    t = torch.randint(0, V, (rows,))
+    t[::4] = -100
+    up = torch.randn(rows) if reduction == "none" else torch.tensor(0.7)
+    ldt = torch.float64 if dtype == torch.float64 else torch.float32
+    out = {}
+    for dev in ("cpu", "cuda"):
+        x = z.to(dev).clone().requires_grad_(True)
+        lg = x * 1  # a non-leaf, as in a model
+        loss = arwrap_cpp.cross_entropy(lg, t.to(dev), reduction=reduction, label_smoothing=0.05,
+                                        z_loss_weight=1e-4, inplace_backward=inplace)
+        loss.backward(up.to(dev, ldt))
+        out[dev] = (loss.detach().cpu().double(), x.grad.cpu().double())
+    r = ref(z.double(), t, reduction=reduction, label_smoothing=0.05, z_loss_weight=1e-4)
+    tol = CUDA_TOL[dtype]
+    assert (out["cuda"][0] - r).abs().max() <= tol * r.abs().max().clamp(min=1)
+    g_scale = out["cpu"][1].abs().max().clamp(min=1e-6)
+    assert (out["cuda"][1] - out["cpu"][1]).abs().max() <= 4 * tol * g_scale
+
+
+@cuda
+def test_cross_entropy_cuda_all_ignored_and_bad_targets(monkeypatch):
+    # the host check and its IndexError (the default asserts on the device instead:
+    # tests/ops/test_cuda_preflight.py checks that in a child process)
+    monkeypatch.setenv("ARWRAP_SYNC_CHECKS", "1")
+    z = torch.randn(4, 10, device="cuda", requires_grad=True)
+    loss = arwrap_cpp.cross_entropy(z, torch.full((4,), -100, device="cuda"))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(z.grad == 0)
+    with pytest.raises(IndexError, match=r"target must be in \[0, 10\)"):
+        arwrap_cpp.cross_entropy(torch.randn(3, 10, device="cuda"), torch.tensor([1, 10, 2], device="cuda"))
+    with pytest.raises(ValueError, match="same device"):
+        arwrap_cpp.cross_entropy(torch.randn(3, 10, device="cuda"), torch.tensor([1, 2, 3]))
+
+
+@cuda
+def test_cross_entropy_cuda_64bit_indexing():
+    """rows x V > 2^31 elements: 64-bit offsets in the kernel."""
+    rows, V = 16800, 128256  # 2.15e9 elements, 4.3 GB in bf16
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with 24 GiB or more")
+    z = torch.randn(rows, V, device="cuda", dtype=torch.bfloat16)
+    t = torch.randint(0, V, (rows,), device="cuda")
+    loss = arwrap_cpp.cross_entropy(z, t, reduction="none")
+    # reference, one chunk at a time in float32
+    r = torch.cat([F.cross_entropy(c.float(), tc, reduction="none") for c, tc in zip(z.split(2048), t.split(2048))])
+    torch.testing.assert_close(loss, r, rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(loss[-1])
+
+
+@cuda
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_cuda_opcheck(reduction):
+    z = torch.randn(4, 7, 23, device="cuda", requires_grad=True)
+    t = torch.randint(0, 23, (4, 7), device="cuda")
+    torch.library.opcheck(torch.ops.arwrap.cross_entropy.default, (z, t, -100, reduction, 0.1, 1e-3, False, False))
