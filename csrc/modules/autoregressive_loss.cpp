@@ -15,6 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "../ops/sync_checks.h"
 #include "../ops/tracing.h"
 
 namespace arwrap {
@@ -25,7 +26,7 @@ at::Tensor nll_loss_none(const at::Tensor& logp, const at::Tensor& target, int64
   const at::Tensor valid = target.ne(ignore_index);
   const at::Tensor t = at::where(valid, target, at::zeros_like(target));
   const int64_t V = logp.size(-1);
-  if (ops::has_real_data(target)) {
+  if (ops::has_real_data(target) && ops::host_checks(target)) {  // on a GPU gather asserts on the device
     const at::Tensor bad = valid.logical_and(target.lt(0).logical_or(target.ge(V)));
     TORCH_CHECK_INDEX(!bad.any().item<bool>(), "autoregressive_loss: target must be in [0, ", V,
                       ") or ignore_index");

@@ -3,6 +3,7 @@
 // module, the Python module and TorchScript (through the model-level operators).
 #include <arwrap/transformer.h>
 
+#include "../ops/sync_checks.h"
 #include "../ops/tracing.h"
 #include "layers.h"
 
@@ -23,7 +24,8 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
   TORCH_CHECK_VALUE(tokens.device() == W.token_emb.device(), "TransformerWrapper: tokens are on ", tokens.device(),
                     " but the weights on ", W.token_emb.device());
   const int64_t b = tokens.size(0), n = tokens.size(1), D = d.dim(), dh = d.attn_dim_head();
-  if (ops::has_real_data(tokens) && tokens.numel() > 0) {
+  // on a GPU at::embedding asserts on the device instead (ops/sync_checks.h)
+  if (ops::has_real_data(tokens) && tokens.numel() > 0 && ops::host_checks(tokens)) {
     const auto [lo, hi] = at::aminmax(tokens);
     TORCH_CHECK_INDEX(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < o.num_tokens(),
                       "TransformerWrapper: tokens must be in [0, num_tokens=", o.num_tokens(), "), got values in [",

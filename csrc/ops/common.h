@@ -220,4 +220,16 @@ inline ShiftTokensOutputs alloc_shift_tokens_outputs(const at::Tensor& x, double
   return out;
 }
 
+// ---- scale_grad_ (internal: the fused backwards' in-place rescale)
+
+inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& scale) {
+  TORCH_CHECK_VALUE(at::isFloatingType(grad.scalar_type()), "scale_grad_: grad must be floating point, got ",
+                    grad.scalar_type());
+  TORCH_CHECK_VALUE(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble),
+                    "scale_grad_: scale must be a one-element float32 or float64 tensor, got ", scale.scalar_type(),
+                    " of shape ", scale.sizes());
+  TORCH_CHECK_VALUE(scale.device() == grad.device(), "scale_grad_: scale (", scale.device(),
+                    ") must be on grad's device (", grad.device(), ")");
+}
+
 }  // namespace arwrap::ops

@@ -71,6 +71,10 @@ std::tuple<at::Tensor, at::Tensor> attention_lse_backward(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& key_mask, double scale,
                                                           bool causal, const at::Tensor& lse);
 
+// ---- scale_grad.cpp (internal: grad *= scale in place unless scale is 1, scale read
+// where it lives; the fused backwards of cross_entropy and linear_cross_entropy)
+void scale_grad_(const at::Tensor& grad, const at::Tensor& scale);
+
 }  // namespace arwrap::ops::detail
 
 // The one typed handle of an operator, for the definitions in csrc/ops/<op>.cpp (which

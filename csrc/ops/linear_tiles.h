@@ -4,7 +4,7 @@
 //   Z    = H_t W^T + b             (R, V)  one GEMM into a reused buffer
 //   rows(Z, r0, R)                 loss, lse, and dloss/dZ written over Z
 //   dH_t = Z W                     (R, D)
-//   dW  += Z^T H_t                 (V, D)  accumulated in float32 for bf16/fp16
+//   dW  += Z^T H_t                 (V, D)  accumulated in float32 for bf16/fp16 (low_precision_mm.h)
 //   db  += sum_rows Z
 // Peak extra memory: dH + dW (+ db) + one tile.
 #pragma once
@@ -14,6 +14,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+
+#include "low_precision_mm.h"
 
 #include <algorithm>
 #include <array>
@@ -68,13 +70,7 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
         at::Tensor gh = g.hidden.narrow(0, r0, rr);
         at::mm_out(gh, z, weight);
       }
-      if (dw.defined()) {
-        if (low) {
-          dw.addmm_(z.t().to(at::kFloat), ht.to(at::kFloat));
-        } else {
-          dw.addmm_(z.t(), ht);
-        }
-      }
+      if (dw.defined()) addmm_acc_(dw, z.t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
       if (db.defined()) db.add_(z.sum(0, false, acc));
     }
   }

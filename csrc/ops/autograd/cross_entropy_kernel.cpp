@@ -5,7 +5,8 @@
 //  * fused (reduction mean/sum, lse not returned, logits require grad): the
 //    forward also computes dloss/dlogits for an upstream gradient of 1, reading
 //    the logits once and writing the gradient once; backward only rescales it when
-//    the upstream gradient is not 1. With inplace_backward the gradient is written
+//    the upstream gradient is not 1 (scale_grad_, which reads it on the device: no
+//    host sync on a GPU). With inplace_backward the gradient is written
 //    over the logits (their version counter is bumped, so a node that saved them
 //    fails loudly instead of computing with clobbered values).
 //  * plain (reduction none, or lse returned): the forward saves lse; backward
@@ -18,6 +19,7 @@
 #include "../detail.h"
 #include "../tracing.h"
 
+#include <ATen/ops/div.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -87,30 +89,37 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const at::Tensor& grad_lse = grads[1];
     const bool inplace = ctx->saved_data["inplace"].toBool();
     variable_list out(9);
-    TORCH_CHECK(!ctx->saved_data.count("consumed"),
-                "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
-                "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
     auto saved = ctx->get_saved_variables();
 
     if (ctx->saved_data["fused"].toBool()) {
       at::Tensor grad = saved[0];
       if (!grad_loss.defined()) return out;
-      if (grad_loss.is_cpu() && has_real_data(grad_loss)) {
-        const double g = grad_loss.item<double>();
-        if (g == 1.0) {
-          out[0] = grad;
-        } else if (inplace) {
-          out[0] = grad.mul_(g);
-          ctx->saved_data["consumed"] = true;
-        } else {
-          out[0] = at::mul(grad, at::Scalar(g));
-        }
-      } else if (inplace && has_real_data(grad)) {
-        out[0] = grad.mul_(grad_loss);
-        ctx->saved_data["consumed"] = true;
-      } else {
+      if (!has_real_data(grad) || !has_real_data(grad_loss)) {  // traced: out of place, no reads
         out[0] = at::mul(grad, grad_loss);
+        return out;
       }
+      if (!ctx->saved_data.count("scaled_by")) {
+        // First backward: bring the buffer (ours, or the logits with inplace_backward) to the
+        // upstream gradient in place. scale_grad_ reads it where it lives: no host sync on a
+        // GPU, and no pass over the buffer when it is 1.
+        {
+          at::AutoDispatchBelowADInplaceOrView guard;
+          detail::scale_grad_(grad, grad_loss);
+        }
+        ctx->saved_data["scaled_by"] = grad_loss.detach().clone();
+        out[0] = grad;
+        return out;
+      }
+      // A second backward (retain_graph; rare, so one host read): out of place, from the
+      // scale the buffer now carries. The logits' buffer of inplace_backward is refused
+      // once rescaled: it may have been handed on and accumulated into.
+      const double first = ctx->saved_data["scaled_by"].toTensor().item<double>();
+      TORCH_CHECK(!inplace || first == 1.0,
+                  "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
+                  "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
+      TORCH_CHECK(first != 0.0, "cross_entropy: a second backward after one with a zero upstream gradient cannot "
+                                "rescale the saved gradient");
+      out[0] = first == 1.0 ? at::mul(grad, grad_loss) : at::mul(grad, at::div(grad_loss, at::Scalar(first)));
       return out;
     }
 

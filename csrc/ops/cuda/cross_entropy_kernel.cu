@@ -10,17 +10,23 @@
 // (1/count for mean) and g_lse that of its lse. Ignored rows: loss 0, gradient 0.
 //
 // One thread block per row (grid-stride over rows); threads read the row with
-// coalesced 16-byte loads when it is 16-byte aligned. Statistics accumulate in
+// coalesced 16-byte loads, four in flight per thread, after a scalar head up to the
+// first 16-byte boundary (row_sweep.h), so unaligned rows (most rows at odd V) are
+// vectorised too. Statistics accumulate in
 // float32 (float64 for float64 logits), the per-row loss in float64; block
 // reductions and the reduction over rows have a fixed order, so results are
 // bitwise reproducible for a given shape and layout.
 //
-// Targets are validated first on the device (count of non-ignored targets and the
-// first bad position), checked on the host after one small copy (a sync), before
-// anything is written, so an error never leaves logits half overwritten. The count
-// stays on the device for the kernels; grad_loss is read on the device too.
+// Targets are validated first on the device, in the kernel that counts the
+// non-ignored targets: a bad target stops the kernel with a device-side assertion
+// (as ATen's nll_loss does), without a host synchronisation (../sync_checks.h). With
+// ARWRAP_SYNC_CHECKS=1 the first bad position is instead copied to the host (a sync)
+// and raised as an IndexError, before anything is written, so that error never
+// leaves logits half overwritten. The count stays on the device for the kernels;
+// grad_loss is read on the device too.
 #include "../common.h"
 #include "../cross_entropy_entries.h"
+#include "../sync_checks.h"
 #include "cross_entropy_rows.cuh"
 
 #include <ATen/Dispatch.h>
@@ -40,10 +46,12 @@
 namespace arwrap::ops::cuda {
 namespace {
 
-// Target validation: counts non-ignored targets into status[0], the first flat
-// position of a target outside [0, V) into status[1]. Reads N int64.
+// Target validation: counts non-ignored targets into status[0]; a target outside
+// [0, V) either fails a device-side assertion (device_assert) or records its first
+// flat position in status[1] for the host. Reads N int64.
 __global__ void __launch_bounds__(256) validate_targets_kernel(const int64_t* __restrict__ target, int64_t N,
-                                                                int64_t V, int64_t ignore_index, ull* status) {
+                                                                int64_t V, int64_t ignore_index, ull* status,
+                                                                bool device_assert) {
   ull count = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -51,6 +59,8 @@ __global__ void __launch_bounds__(256) validate_targets_kernel(const int64_t* __
     if (t == ignore_index) continue;
     if (t >= 0 && t < V) {
       ++count;
+    } else if (device_assert) {
+      CUDA_KERNEL_ASSERT(false && "arwrap cross_entropy: target must be in [0, V) or ignore_index");
     } else {
       atomicMin(&status[1], static_cast<ull>(i));
     }
@@ -182,7 +192,8 @@ int row_threads(int64_t V, int vec) {
 unsigned row_blocks(int64_t N) { return static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 30)); }
 
 // Validates target (contiguous, on the device) and returns a 2-element int64
-// device tensor whose first element is the count of non-ignored targets.
+// device tensor whose first element is the count of non-ignored targets. Without
+// ARWRAP_SYNC_CHECKS, nothing is copied to the host (a bad target asserts on the device).
 at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_index, cudaStream_t stream) {
   at::Tensor status = at::empty({2}, target.options().dtype(at::kLong));
   ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
@@ -192,8 +203,10 @@ at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_
   if (N == 0) return status;
   const int64_t* tp = target.data_ptr<int64_t>();
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((N + 255) / 256, 1024));
-  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st);
+  const bool on_host = host_checks(target);
+  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st, !on_host);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!on_host) return status;
   ull host[2];
   c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
   if (host[1] != kNoPosition) {

@@ -1,10 +1,12 @@
 // Device building blocks of the CUDA cross-entropy (cross_entropy_kernel.cu, the only
 // file that includes this): the row index of logits (..., V) for any leading strides,
-// block reductions, the online softmax state, the 16-byte row sweeps and the gradient
-// of one row (the math at the top of cross_entropy_kernel.cu).
+// block reductions, the online softmax state, the 16-byte row sweeps (row_sweep.h: a
+// scalar head to the 16-byte boundary, then packs with 4 loads in flight per thread)
+// and the gradient of one row (the math at the top of cross_entropy_kernel.cu).
 #pragma once
 
 #include "../common.h"
+#include "row_sweep.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -129,7 +131,7 @@ __device__ MaxSum<A> block_max_sum(MaxSum<A> v) {
   return {__shfl_sync(kFullMask, v.m, 0), __shfl_sync(kFullMask, v.s, 0)};
 }
 
-// ---- row sweeps: this thread's share of a row, 16-byte packs when aligned ------
+// ---- row sweeps: this thread's share of a row, 16-byte packs (row_sweep.h) -------
 
 template <typename T>
 struct alignas(16) Pack {
@@ -137,24 +139,29 @@ struct alignas(16) Pack {
   T v[n];
 };
 
-__device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+constexpr int kUnroll = 4;  // 16-byte loads in flight per thread
 
 // f(j, z_j) for j in this thread's share of the row.
 template <typename T, typename A, typename F>
 __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
   constexpr int kVec = Pack<T>::n;
-  int64_t j0 = 0;
-  if (aligned16(z)) {
-    const int64_t nvec = V / kVec;
-    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-      const Pack<T> p = zp[i];
+  const auto addr = reinterpret_cast<uint64_t>(z);
+  const RowSplit sp = row_split(addr, addr, V, sizeof(T));
+  const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z + sp.head);  // 16-byte aligned when sp.nvec > 0
+  const auto unpack = [&](int64_t i, const Pack<T>& p) {
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) f(i * kVec + k, static_cast<A>(p.v[k]));
-    }
-    j0 = nvec * kVec;
-  }
-  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) f(j, static_cast<A>(z[j]));
+    for (int k = 0; k < kVec; ++k) f(sp.head + i * kVec + k, static_cast<A>(p.v[k]));
+  };
+  row_sweep<kUnroll>(
+      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { f(j, static_cast<A>(z[j])); },
+      [&](int64_t i, int64_t stride) {
+        Pack<T> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) unpack(i + u * stride, p[u]);
+      },
+      [&](int64_t i) { unpack(i, zp[i]); });
 }
 
 // out_j = f(j, z_j) for j in this thread's share of the row; out may alias z (each
@@ -162,21 +169,25 @@ __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
 template <typename T, typename A, typename F>
 __device__ __forceinline__ void row_map(const T* z, T* out, int64_t V, F&& f) {
   constexpr int kVec = Pack<T>::n;
-  int64_t j0 = 0;
-  if (aligned16(z) && aligned16(out)) {
-    const int64_t nvec = V / kVec;
-    const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z);
-    Pack<T>* op = reinterpret_cast<Pack<T>*>(out);
-    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-      const Pack<T> p = zp[i];
-      Pack<T> o;
+  const RowSplit sp = row_split(reinterpret_cast<uint64_t>(z), reinterpret_cast<uint64_t>(out), V, sizeof(T));
+  const Pack<T>* zp = reinterpret_cast<const Pack<T>*>(z + sp.head);
+  Pack<T>* op = reinterpret_cast<Pack<T>*>(out + sp.head);
+  const auto map = [&](int64_t i, const Pack<T>& p) {
+    Pack<T> o;
 #pragma unroll
-      for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(i * kVec + k, static_cast<A>(p.v[k])));
-      op[i] = o;
-    }
-    j0 = nvec * kVec;
-  }
-  for (int64_t j = j0 + threadIdx.x; j < V; j += blockDim.x) out[j] = static_cast<T>(f(j, static_cast<A>(z[j])));
+    for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(sp.head + i * kVec + k, static_cast<A>(p.v[k])));
+    op[i] = o;
+  };
+  row_sweep<kUnroll>(
+      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { out[j] = static_cast<T>(f(j, static_cast<A>(z[j]))); },
+      [&](int64_t i, int64_t stride) {
+        Pack<T> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) map(i + u * stride, p[u]);
+      },
+      [&](int64_t i) { map(i, zp[i]); });
 }
 
 // ---- device parts of the kernels -------------------------------------------------

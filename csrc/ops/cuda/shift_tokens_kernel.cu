@@ -10,9 +10,12 @@
 // which also validates lens and the token ids inside lens. The mask: a stable
 // descending sort of noise[:, 1:] per row (equal noise keeps the lower position
 // first, as the CPU kernel's tie-break), the first k positions scattered to false.
-// Validation results are flags on the device, checked on the host after one small
-// copy (a sync), with the same errors as the CPU kernel.
+// Validation: by default a bad lens, token id or NaN noise fails a device-side
+// assertion, without a host synchronisation (../sync_checks.h); with
+// ARWRAP_SYNC_CHECKS=1 the results are flags on the device, checked on the host after
+// one small copy (a sync), with the same errors as the CPU kernel.
 #include "../common.h"
+#include "../sync_checks.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,17 +35,19 @@ constexpr ull kNoPosition = ~0ull;
 constexpr int kThreads = 256;
 
 // status[0]: first row with lens outside [0, n + 1]; status[1]: first flat position
-// in x of a token id inside lens that is < 0 and not ignore_index.
+// in x of a token id inside lens that is < 0 and not ignore_index (with device_assert:
+// a device-side assertion instead).
 __global__ void __launch_bounds__(kThreads)
     shift_tokens_kernel(const int64_t* __restrict__ x, const int64_t* __restrict__ lens, int64_t b, int64_t n1,
                         int64_t m, int64_t ignore_index, int64_t pad_value, int64_t* __restrict__ input,
-                        int64_t* __restrict__ target, ull* status) {
+                        int64_t* __restrict__ target, ull* status, bool device_assert) {
   const int64_t n = n1 - 1;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < b * m;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx / m, j = idx - i * m;
     int64_t L = lens != nullptr ? lens[i] : n1;
     if (L < 0 || L > n1) {
+      if (device_assert) CUDA_KERNEL_ASSERT(false && "arwrap shift_tokens: lens must be in [0, seq_len + 1]");
       if (j == 0) atomicMin(&status[0], static_cast<ull>(i));
       L = L < 0 ? 0 : n1;
     }
@@ -50,8 +55,12 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t v = j < L ? row[j] : ignore_index;
     const int64_t u = j + 1 < L ? row[j + 1] : ignore_index;
     // each position of x inside lens is checked: j by thread j, n by thread n - 1
-    if (v < 0 && v != ignore_index) atomicMin(&status[1], static_cast<ull>(i * n1 + j));
-    if (j == n - 1 && u < 0 && u != ignore_index) atomicMin(&status[1], static_cast<ull>(i * n1 + n));
+    const bool bad_v = v < 0 && v != ignore_index, bad_u = j == n - 1 && u < 0 && u != ignore_index;
+    if (device_assert && (bad_v || bad_u)) {
+      CUDA_KERNEL_ASSERT(false && "arwrap shift_tokens: x must hold token ids >= 0 (or ignore_index)");
+    }
+    if (bad_v) atomicMin(&status[1], static_cast<ull>(i * n1 + j));
+    if (bad_u) atomicMin(&status[1], static_cast<ull>(i * n1 + n));
     input[idx] = v == ignore_index ? pad_value : v;
     if (j < n) target[i * n + j] = u;
   }
@@ -62,11 +71,15 @@ __global__ void __launch_bounds__(kThreads)
 // first flat position of a NaN anywhere in noise. Reads b*n values, writes b*(n-1).
 template <typename N>
 __global__ void __launch_bounds__(kThreads)
-    noise_keys_kernel(const N* __restrict__ noise, int64_t b, int64_t n, N* __restrict__ keys, ull* status) {
+    noise_keys_kernel(const N* __restrict__ noise, int64_t b, int64_t n, N* __restrict__ keys, ull* status,
+                      bool device_assert) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < b * n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const N v = noise[idx];
-    if (v != v) atomicMin(&status[2], static_cast<ull>(idx));
+    if (v != v) {
+      if (device_assert) CUDA_KERNEL_ASSERT(false && "arwrap shift_tokens: noise must not contain NaN");
+      atomicMin(&status[2], static_cast<ull>(idx));
+    }
     const int64_t i = idx / n, j = idx - i * n;
     if (keys != nullptr && j >= 1) keys[i * (n - 1) + (j - 1)] = v == N(0) ? N(0) : v;
   }
@@ -98,13 +111,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_cuda(
   const int64_t k = num_masked(m, mask_prob);
   if (b == 0) return {out.input, out.target, out.mask};
 
+  const bool on_host = host_checks(x);
   at::Tensor status = at::empty({3}, x.options());
   ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
   C10_CUDA_CHECK(cudaMemsetAsync(st, 0xff, 3 * sizeof(ull), stream));
 
   shift_tokens_kernel<<<blocks_for(b * m), kThreads, 0, stream>>>(
       x.data_ptr<int64_t>(), has_lens ? lens.data_ptr<int64_t>() : nullptr, b, n1, m, ignore_index, pad_value,
-      out.input.data_ptr<int64_t>(), out.target.data_ptr<int64_t>(), st);
+      out.input.data_ptr<int64_t>(), out.target.data_ptr<int64_t>(), st, !on_host);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   at::Tensor keys;
@@ -113,16 +127,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_cuda(
     if (k > 0) keys = at::empty({b, m - 1}, noise.options());
     if (noise.scalar_type() == at::kFloat) {
       noise_keys_kernel<float><<<blocks_for(b * m), kThreads, 0, stream>>>(
-          noise.data_ptr<float>(), b, m, keys.defined() ? keys.data_ptr<float>() : nullptr, st);
+          noise.data_ptr<float>(), b, m, keys.defined() ? keys.data_ptr<float>() : nullptr, st, !on_host);
     } else {
       noise_keys_kernel<double><<<blocks_for(b * m), kThreads, 0, stream>>>(
-          noise.data_ptr<double>(), b, m, keys.defined() ? keys.data_ptr<double>() : nullptr, st);
+          noise.data_ptr<double>(), b, m, keys.defined() ? keys.data_ptr<double>() : nullptr, st, !on_host);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  ull host[3];
-  c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
+  ull host[3] = {kNoPosition, kNoPosition, kNoPosition};
+  if (on_host) c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
   if (host[0] != kNoPosition) {
     const auto i = static_cast<int64_t>(host[0]);
     TORCH_CHECK_VALUE(false, "shift_tokens: lens must be in [0, seq_len + 1] = [0, ", n1, "], got lens[", i,
