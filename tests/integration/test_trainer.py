@@ -208,7 +208,7 @@ def _accepted_flags():
     return names | {"help"}
 
 
-HELP_LINE = re.compile(r"^\s{2}--([a-z][a-z0-9-]*)(?: [A-Z][A-Z_]*)?\s{2,}(\S.*)$", re.M)
+HELP_LINE = re.compile(r"^\s{2}--([a-z][a-z0-9-]*)(?: \S+)?\s{2,}(\S.*)$", re.M)  # flag, its value (PATH, on|off), text
 
 
 def test_help_lists_every_flag_with_its_meaning(trainer):
