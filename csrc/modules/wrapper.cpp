@@ -79,7 +79,9 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   const bool full = o.add_attn_z_loss() || continuous;
 
   // on a GPU the embedding lookup asserts on the device instead (ops/sync_checks.h)
-  if (auto V = net_->num_tokens(); V && ops::has_real_data(x) && ops::host_checks(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (auto V = net_->num_tokens(); V && ops::has_real_data(x) && ops::host_checks(x)) {
+    check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  }
   if (auto V = net_->num_tokens(); V && o.mask_token_id().has_value()) {
     TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=",
                       *o.mask_token_id(), " is outside the net's vocabulary [0, ", *V, ")");
