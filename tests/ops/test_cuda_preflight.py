@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import arwrap_cpp
 from op_references import reference_cross_entropy as ref_ce
+from op_references import reference_attention_lse
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available() and arwrap_cpp.built_with_cuda()
@@ -234,16 +235,7 @@ def test_row_sweep_splits_unaligned_rows_at_odd_vocabularies():
 # ------------------------------------------------- 5. attention_lse tiles and products
 
 
-def reference_lse(q, k, key_mask, scale, causal):
-    s = (q @ k.transpose(-1, -2)) * scale
-    nq, nk = q.shape[-2], k.shape[-2]
-    allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed = allowed.tril(nk - nq)
-    allowed = allowed.expand(q.shape[0], 1, nq, nk)
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :]
-    return s.masked_fill(~allowed, torch.finfo(s.dtype).min).logsumexp(-1)
+reference_lse = reference_attention_lse  # the operator's one reference (op_references.py)
 
 
 @pytest.mark.parametrize("device", DEVICES)
