@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from x_transformers import AutoregressiveWrapper as XAR
-from x_transformers import Decoder as XDecoder
-from x_transformers import TransformerWrapper as XTransformerWrapper
 
 import arwrap_cpp
+import test_transformer  # noqa: E402 (tests/modules is on sys.path)
 
 warnings.filterwarnings("ignore", message=".*rotary embedding dimension.*")
 
@@ -28,18 +27,9 @@ CONFIGS = {  # name: (TransformerWrapper kwargs, Decoder kwargs, x-transformers-
 
 
 def make_pair(wkw, dkw, xkw, seed=0):
-    torch.manual_seed(seed)
-    xt = XTransformerWrapper(num_tokens=V, max_seq_len=SEQ,
-                             attn_layers=XDecoder(dim=DIM, depth=2, heads=4, attn_dim_head=16, **dkw, **xkw), **wkw)
-    ours = arwrap_cpp.TransformerWrapper(
-        num_tokens=V, max_seq_len=SEQ,
-        attn_layers=arwrap_cpp.Decoder(dim=DIM, depth=2, heads=4, attn_dim_head=16, **dkw), **wkw)
-    with torch.no_grad():  # non-trivial norm gains (x-transformers initialises them to 0 or 1)
-        for p in xt.parameters():
-            if p.dim() == 1:
-                p.normal_(0, 0.2)
-    ours.load_state_dict(xt.state_dict(), strict=True)
-    return xt, ours
+    """test_transformer's pair (x-transformers' net and ours with its weights) at this file's sizes."""
+    return test_transformer.make_pair(wkw, dkw, seed, dim=DIM, depth=2, heads=4, dim_head=16, max_seq_len=SEQ,
+                                      xt_only=xkw)
 
 
 def cosines(xt, ours):

@@ -29,12 +29,14 @@ CONFIGS = {  # name: (TransformerWrapper kwargs, Decoder kwargs)
 }
 
 
-def make_pair(wkw=None, dkw=None, seed=0, dim=DIM, depth=2, heads=3, dim_head=16, max_seq_len=SEQ):
-    """An x-transformers net and ours with its weights."""
+def make_pair(wkw=None, dkw=None, seed=0, dim=DIM, depth=2, heads=3, dim_head=16, max_seq_len=SEQ, xt_only=None):
+    """An x-transformers net and ours with its weights (xt_only: Decoder arguments for
+    x-transformers' alone, such as attn_flash)."""
     wkw, dkw = dict(wkw or {}), dict(dkw or {})
     torch.manual_seed(seed)
     xt = XTransformerWrapper(num_tokens=V, max_seq_len=max_seq_len,
-                             attn_layers=XDecoder(dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, **dkw),
+                             attn_layers=XDecoder(dim=dim, depth=depth, heads=heads, attn_dim_head=dim_head, **dkw,
+                                                  **(xt_only or {})),
                              **wkw)
     ours = arwrap_cpp.TransformerWrapper(
         num_tokens=V, max_seq_len=max_seq_len,
