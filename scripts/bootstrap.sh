@@ -41,7 +41,7 @@ if command -v ccache >/dev/null 2>&1; then
   export CMAKE_CXX_COMPILER_LAUNCHER=ccache
 fi
 export PATH="$VENV/bin:$PATH"
-say "building arwrap_cpp (incremental; a clean build takes ~3 minutes on 2 cores)"
+say "building arwrap_cpp (incremental; a clean build compiles ~45 translation units: several minutes on 2 cores)"
 mkdir -p "$ROOT/build"
 start=$(date +%s)
 if ! "$VPY" -m pip install --disable-pip-version-check --no-build-isolation -q "$ROOT[test]" > "$ROOT/build/.last-build.log" 2>&1; then
