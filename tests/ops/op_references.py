@@ -187,3 +187,14 @@ def sample_inputs_attention_lse(device, dtype=torch.float64):
             mask[:, 0] = True  # every row sees at least one key
             mask = mask.to(device)
         yield (q, k, mask, d**-0.5, causal)
+
+
+# ------------------------------------------------------------------ the registry
+# operator -> (its reference, its sample_inputs, the dtype of the samples opcheck runs); the
+# checks every operator gets (test_op_samples.py) run over this table
+OPERATORS = {
+    "shift_tokens": (reference_shift_tokens, sample_inputs_shift_tokens, None),
+    "cross_entropy": (reference_cross_entropy, sample_inputs_cross_entropy, torch.float32),
+    "linear_cross_entropy": (reference_linear_cross_entropy, sample_inputs_linear_cross_entropy, torch.float32),
+    "attention_lse": (reference_attention_lse, sample_inputs_attention_lse, torch.float32),
+}
