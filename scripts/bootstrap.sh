@@ -5,19 +5,9 @@
 # Sourced by scripts/test.sh and scripts/demo.sh; safe to run again (incremental).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${ARWRAP_VENV:-$ROOT/.venv}"
-PY="${PYTHON:-python3}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, VENV, VPY, say, make_venv, pip_q
 TORCH_SPEC="${ARWRAP_TORCH_SPEC:-torch==2.13.0}"
-
-say() { printf '[arwrap] %s\n' "$*" >&2; }
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating virtual environment $VENV"
-  "$PY" -m venv "$VENV"
-fi
-VPY="$VENV/bin/python"
-pip_q() { "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+make_venv "$VENV"
 
 if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_SPEC#torch==}') else 1)" 2>/dev/null; then
   say "installing $TORCH_SPEC (CPU build from the local wheel cache when present)"

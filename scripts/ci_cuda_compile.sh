@@ -11,18 +11,17 @@
 # (cmake/ArwrapCuda.cmake) that let it configure without a GPU.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ARWRAP_TAG=ci_cuda_compile
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, say
 cd "$ROOT"
 
 VENV="${ARWRAP_CUDA_VENV:-${HOME}/.cache/arwrap/venv-cu130}"
 BUILD_DIR="${ARWRAP_CUDA_BUILD_DIR:-build-cuda}"
 TORCH_SPEC="torch==2.14.1"
 
-log() { printf '[ci_cuda_compile] %s\n' "$*" >&2; }
-
 # ---- 1. the CUDA torch venv (created at a temp path, moved into place when complete)
 if [[ ! -e "$VENV" ]]; then
-  log "creating $VENV ($TORCH_SPEC, CUDA build; about 6 minutes)"
+  say "creating $VENV ($TORCH_SPEC, CUDA build; about 6 minutes)"
   mkdir -p "$(dirname "$VENV")"
   TMP_VENV="$(mktemp -d "$(dirname "$VENV")/.venv-cu130.XXXXXX")"
   trap 'rm -rf "$TMP_VENV"' EXIT
@@ -34,7 +33,7 @@ if [[ ! -e "$VENV" ]]; then
   # A moved venv keeps the old path in its console scripts' shebangs; everything
   # below calls the interpreter (python -m ...) or the cmake/ninja binaries directly.
 else
-  log "reusing $VENV"
+  say "reusing $VENV"
 fi
 PY="$VENV/bin/python"
 # An existing path that is not a CUDA torch venv is not ours to replace: stop.
@@ -46,7 +45,7 @@ fi
 
 TORCH_PREFIX="$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)" 2>/dev/null)"
 TORCH_VERSION="$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null)"
-log "torch $TORCH_VERSION at $TORCH_PREFIX"
+say "torch $TORCH_VERSION at $TORCH_PREFIX"
 
 # cmake and ninja from the venv's packages, located through Python: the venv's
 # bin/cmake is a console script whose shebang may name the temp path it was built at.
@@ -61,7 +60,7 @@ print(":".join(dirs))
 EOF_PY
 )"
 export PATH="${TOOL_DIRS:+$TOOL_DIRS:}$PATH"
-log "cmake: $(command -v cmake) ($(cmake --version | head -n1)); ninja: $(command -v ninja); nvcc: $(command -v nvcc)"
+say "cmake: $(command -v cmake) ($(cmake --version | head -n1)); ninja: $(command -v ninja); nvcc: $(command -v nvcc)"
 
 # ---- 2. configure and build (C++ only, CUDA kernels forced on)
 cmake -S . -B "$BUILD_DIR" -G Ninja \

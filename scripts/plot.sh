@@ -6,19 +6,11 @@
 #   scripts/plot.sh --help
 # Installs matplotlib (the optional extra `plot`) into .venv on first use; builds nothing.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${ARWRAP_VENV:-$ROOT/.venv}"
-PY="${PYTHON:-python3}"
-say() { printf '[arwrap] %s\n' "$*" >&2; }
-if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating virtual environment $VENV"
-  "$PY" -m venv "$VENV"
-fi
-VPY="$VENV/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, VENV, VPY, say, make_venv, pip_q
+make_venv "$VENV"
 if ! "$VPY" -c "import matplotlib" 2>/dev/null; then
   say "installing matplotlib into ${VENV} (once)"
-  # the same requirement as pyproject.toml's optional extra `plot`
-  "$VPY" -m pip install --disable-pip-version-check -q "matplotlib>=3.6" 2>&1 | grep -v "^WARNING: Location" || true
+  pip_q "matplotlib>=3.6"  # the same requirement as pyproject.toml's optional extra `plot`
   "$VPY" -c "import matplotlib" || { say "matplotlib failed to install"; exit 1; }
 fi
 # the module imports neither torch nor the compiled package: run it from the source tree

@@ -8,7 +8,8 @@
 #  1. libarwrap from the repository with -DARWRAP_SANITIZE=ON (cmake/ArwrapSanitize.cmake, passed
 #     as CMAKE_PROJECT_INCLUDE so it also works before CMakeLists.txt includes it), against the
 #     LibTorch of the project's .venv, installed to build/sanitize/prefix;
-#  2. tests/integration/cpp (consumer, wrapper_consumer, native_consumer, bad_input) and
+#  2. tests/integration/cpp (consumer, wrapper_consumer, native_consumer, bad_input, dist_check,
+#     ddp_example) and
 #     the C++ trainer (examples/train: arwrap-train) built against
 #     that prefix with the same flags: the programs link the ASan runtime themselves, so no
 #     LD_PRELOAD is needed (a program built without the flags would need
@@ -18,11 +19,10 @@
 # LibTorch is not instrumented: the run checks our code's memory accesses and undefined behaviour
 # (and every heap block torch hands us), not torch's own kernels.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VPY="${ARWRAP_VENV:-$ROOT/.venv}/bin/python"
+ARWRAP_TAG=sanitize
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # ROOT, VPY, say
 BUILD="${ARWRAP_SANITIZE_DIR:-$ROOT/build/sanitize}"
 JOBS="${JOBS:-$(nproc)}"
-say() { printf '[sanitize] %s\n' "$*" >&2; }
 
 [[ -x "$VPY" ]] || { say "no $VPY: run scripts/bootstrap.sh first"; exit 1; }
 export PATH="$(dirname "$VPY"):$PATH"  # cmake and ninja from the venv
@@ -106,6 +106,8 @@ run consumer "$BUILD/cpp/consumer" "$DATA/loss.pt"
 run wrapper_consumer "$BUILD/cpp/wrapper_consumer" "$DATA/net.pt" "$DATA/tokens.txt"
 run bad_input "$BUILD/cpp/bad_input"
 run native_consumer "$BUILD/cpp/native_consumer" "$DATA/model.pt" "$DATA/tokens.txt"
+run dist_check "$BUILD/cpp/dist_check" check   # arwrap::distributed's library API, one process
+run ddp_example "$BUILD/cpp/ddp_example"
 # the C++ trainer: a short run with validation, sampling and checkpoints, a resume, and a
 # corrupt checkpoint (which must end in a clean error, exit status 1)
 CORPUS="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')/json"
