@@ -10,7 +10,7 @@ Contenders (every run trains --steps steps of the same model; tokens/s is arwrap
   1 proc x 2 threads       batch 2B         (--as-ranks 2: the 2-rank global batch in one process)
   2 ranks x 1 thread       batch B each     (overlap on: the default)
   2 ranks x 1 thread       batch B each     (overlap off: all of the all-reduce is in finish())
-and the all-reduce alone (tests/integration/cpp_distributed's dist_check bench: a barrier, then one all-reduce of
+and the all-reduce alone (tests/integration/cpp's dist_check bench: a barrier, then one all-reduce of
 the model's gradient size, median of 20) at 2 ranks, which gives the loopback bandwidth.
 Results: bench/results/distributed.{md,json}.
 """
@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _measure import write_results  # noqa: E402
+from _measure import START_LOAD, load_note, write_results  # noqa: E402
 
 DONE = re.compile(r"^done: (\d+) steps in \S+ \((\d+) tokens/s training\)", re.M)
 HEADER = re.compile(r"gradient all-reduce ([\d.]+) MB/step in (\d+) buckets?")
@@ -90,7 +90,7 @@ def run(trainer, ranks, threads, common, extra):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", default=None, help="arwrap-train (default: build it in build/bench_train)")
-    ap.add_argument("--dist-check", default=None, help="tests/integration/cpp_distributed's dist_check (default: build it)")
+    ap.add_argument("--dist-check", default=None, help="tests/integration/cpp's dist_check (default: build it)")
     ap.add_argument("--allreduce-only", action="store_true", help="only the all-reduce timing; keeps the table")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12)
@@ -100,7 +100,7 @@ def main():
     trainer = Path(args.trainer) if args.trainer else build_project(ROOT / "examples" / "train",
                                                                      ROOT / "build" / "bench_train", "arwrap-train")
     dist_check = Path(args.dist_check) if args.dist_check else build_project(
-        ROOT / "tests" / "integration" / "cpp_distributed", ROOT / "build" / "bench_dist_check", "dist_check")
+        ROOT / "tests" / "integration" / "cpp", ROOT / "build" / "bench_cpp", "dist_check")
     data = Path(torch.__file__).parent  # the torch package's sources: a few MB of text
     common = ["--data", str(data), "--ext", ".py", "--max-bytes", "4000000", "--seq-len", "256", "--dim", "256",
               "--depth", "4", "--heads", "4", "--dim-head", "64", "--steps", str(args.steps), "--warmup", "5",
@@ -135,8 +135,7 @@ def main():
     lines = [
         f"arwrap-train, dim 256, depth 4, heads 4, seq 256, batch B={b} windows per rank, {args.steps} steps, float32; "
         f"median of {args.rounds} round-robin runs; torch {torch.__version__}, {os.cpu_count()} cores "
-        f"({', '.join(isa) or platform.processor()}); Gloo over loopback. The machine was shared with other "
-        "builds while this ran: compare the rows, not the absolute figures.",
+        f"({', '.join(isa) or platform.processor()}); Gloo over loopback. {load_note(START_LOAD)}",
         "",
         "| contender | tokens/s | vs 1 proc x 1 thread | all-reduce MB/step | buckets | wait ms/step | pack+launch ms/step "
         "| buckets started in backward | loss all-reduce ms/step | communication share |",

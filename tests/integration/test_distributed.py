@@ -14,9 +14,7 @@ import torch
 
 import arwrap_cpp
 from arwrap_cpp import checkpoint as ckpt
-from conftest import build_cmake_project
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["--seq-len", "32", "--dim", "32", "--depth", "2", "--heads", "2", "--dim-head", "16"]
 TRAIN = ["--batch", "4", "--lr", "3e-3", "--warmup", "5", "--val-windows", "8", "--val-every", "10",
          "--sample-every", "0", "--threads", "1", "--log-every", "5", "--seed", "3",
@@ -31,9 +29,8 @@ if not arwrap_cpp.distributed_available():
 
 
 @pytest.fixture(scope="module")
-def dist_check(tmp_path_factory):
-    build = tmp_path_factory.mktemp("dist_check") / "build"
-    return build_cmake_project(ROOT / "tests" / "integration" / "cpp_distributed", build, "dist_check") / "dist_check"
+def dist_check(cpp_programs):
+    return cpp_programs / "dist_check"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +97,7 @@ def test_library_api_alone(dist_check):
 
 
 def test_the_documented_example_trains_one_model_on_two_ranks(dist_check):
-    """docs/distributed.md's complete example (tests/integration/cpp_distributed/ddp_example.cpp)."""
+    """docs/distributed.md's complete example (tests/integration/cpp/ddp_example.cpp)."""
     example = dist_check.parent / "ddp_example"
     two = ok(torchrun(2, example))
     ranks = dict(re.findall(r"rank (\d) of 2 \(gloo\): final loss [\d.]+, weight checksum (-?[\d.]+)", two))

@@ -1,4 +1,5 @@
-// The token files the tests write for the C++ programs: "b n1" then b*n1 token ids.
+// Shared by the C++ test programs: the token files the tests write for them ("b n1" then
+// b*n1 token ids), and their closing bad-input check.
 #pragma once
 
 #include <torch/torch.h>
@@ -35,4 +36,20 @@ inline torch::Tensor tokens_from_args(int argc, char** argv, const char* model_a
     std::exit(2);
   }
   return *read;
+}
+
+// The programs' closing check: `bad` (a call with bad input) must throw a clear c10::Error,
+// never crash or pass; prints the error and "ALL OK" and returns 0, or says what was accepted
+// and returns 1 (the program's exit status).
+template <typename F>
+int expect_rejected_then_ok(const char* what, F&& bad) {
+  try {
+    bad();
+    std::fprintf(stderr, "FAILED: %s accepted\n", what);
+    return 1;
+  } catch (const c10::Error& e) {
+    std::printf("bad input: %s\n", e.what_without_backtrace());
+  }
+  std::printf("ALL OK\n");
+  return 0;
 }
