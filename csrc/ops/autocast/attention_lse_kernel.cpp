@@ -4,33 +4,21 @@
 // autocast key excluded, so the score products inside it are not lowered to the
 // autocast dtype either. Under autocast q and k come from low-precision products;
 // their gradients go back through the casts' own backward.
-#include <ATen/autocast_mode.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/library.h>
+#include "autocast.h"
 
 namespace arwrap::ops {
 namespace {
 
-using LseSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool);
-
 template <c10::DeviceType kDevice>
 at::Tensor attention_lse_autocast(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& key_mask,
                                   double scale, bool causal) {
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("arwrap::attention_lse", "").typed<LseSig>();
-  constexpr auto key = kDevice == c10::DeviceType::CUDA ? c10::DispatchKey::AutocastCUDA : c10::DispatchKey::AutocastCPU;
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  return op.call(at::autocast::cached_cast(at::kFloat, q, kDevice), at::autocast::cached_cast(at::kFloat, k, kDevice),
-                 key_mask, scale, causal);
+  ExcludeAutocast<kDevice> below_autocast;
+  return detail::attention_lse(at::autocast::cached_cast(at::kFloat, q, kDevice),
+                               at::autocast::cached_cast(at::kFloat, k, kDevice), key_mask, scale, causal);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(arwrap, AutocastCPU, m) {
-  m.impl("attention_lse", &attention_lse_autocast<c10::DeviceType::CPU>);
-}
-
-TORCH_LIBRARY_IMPL(arwrap, AutocastCUDA, m) {
-  m.impl("attention_lse", &attention_lse_autocast<c10::DeviceType::CUDA>);
-}
+ARWRAP_AUTOCAST_IMPL("attention_lse", attention_lse_autocast)
 
 }  // namespace arwrap::ops

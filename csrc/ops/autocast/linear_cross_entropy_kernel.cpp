@@ -16,40 +16,26 @@
 // then the backend), so the casts are recorded by autograd and the backward is the
 // operator's own. Outside an autocast region this key is not in the dispatch set
 // and nothing here runs.
-#include <ATen/autocast_mode.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/library.h>
+#include "autocast.h"
 
 namespace arwrap::ops {
 namespace {
-
-using LceSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                  const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
-                                                  c10::string_view, double, double, bool);
 
 template <c10::DeviceType kDevice>
 std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_autocast(
     const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, int64_t ignore_index, c10::string_view reduction, double label_smoothing,
     double z_loss_weight, bool return_lse) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("arwrap::linear_cross_entropy", "").typed<LceSig>();
-  constexpr auto key = kDevice == c10::DeviceType::CUDA ? c10::DispatchKey::AutocastCUDA : c10::DispatchKey::AutocastCPU;
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
+  ExcludeAutocast<kDevice> below_autocast;
   const at::ScalarType low = at::autocast::get_autocast_dtype(kDevice);
-  return op.call(at::autocast::cached_cast(low, hidden, kDevice), at::autocast::cached_cast(low, weight, kDevice),
-                 at::autocast::cached_cast(low, bias, kDevice), target, ignore_index, reduction, label_smoothing,
-                 z_loss_weight, return_lse);
+  return detail::linear_cross_entropy(at::autocast::cached_cast(low, hidden, kDevice),
+                                      at::autocast::cached_cast(low, weight, kDevice),
+                                      at::autocast::cached_cast(low, bias, kDevice), target, ignore_index, reduction,
+                                      label_smoothing, z_loss_weight, return_lse);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(arwrap, AutocastCPU, m) {
-  m.impl("linear_cross_entropy", &linear_cross_entropy_autocast<c10::DeviceType::CPU>);
-}
-
-TORCH_LIBRARY_IMPL(arwrap, AutocastCUDA, m) {
-  m.impl("linear_cross_entropy", &linear_cross_entropy_autocast<c10::DeviceType::CUDA>);
-}
+ARWRAP_AUTOCAST_IMPL("linear_cross_entropy", linear_cross_entropy_autocast)
 
 }  // namespace arwrap::ops

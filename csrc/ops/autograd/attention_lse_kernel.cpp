@@ -1,16 +1,12 @@
 // Autograd kernel of attention_lse: a C++ torch::autograd::Function, so that gradients
 // work the same from Python, TorchScript, torch.compile and pure C++.
 #include "../detail.h"
+#include "function.h"
 
 #include <ATen/ops/zeros_like.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
 
 namespace arwrap::ops::autograd {
 namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 // attention_lse: saves q, k and the lse; the backward recomputes the scores in
 // row blocks (arwrap::attention_lse_backward).
@@ -51,8 +47,7 @@ at::Tensor attention_lse_autograd(const at::Tensor& q, const at::Tensor& k, cons
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("attention_lse", &attention_lse_autograd);
-  // the implementation of the backward: not differentiable itself
-  m.impl("attention_lse_backward", torch::CppFunction::makeFallthrough());
+  fall_through(m, {"attention_lse_backward"});
 }
 
 }  // namespace arwrap::ops::autograd

@@ -18,22 +18,15 @@
 #include "../common.h"
 #include "../detail.h"
 #include "../tracing.h"
+#include "function.h"
 
 #include <ATen/ops/div.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/variable.h>
-#include <torch/library.h>
-
-#include <array>
 
 namespace arwrap::ops::autograd {
 namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
  public:
@@ -165,12 +158,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_autograd(const at::Tensor& logi
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("cross_entropy", &cross_entropy_autograd);
-  // The internal operators are the implementation of the forward and backward:
-  // not differentiable themselves.
-  for (const char* name : {"cross_entropy_forward", "cross_entropy_forward_grad", "cross_entropy_forward_grad_",
-                           "cross_entropy_backward", "cross_entropy_backward_"}) {
-    m.impl(name, torch::CppFunction::makeFallthrough());
-  }
+  fall_through(m, {"cross_entropy_forward", "cross_entropy_forward_grad", "cross_entropy_forward_grad_",
+                   "cross_entropy_backward", "cross_entropy_backward_"});
 }
 
 }  // namespace arwrap::ops::autograd

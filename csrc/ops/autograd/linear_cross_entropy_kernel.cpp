@@ -7,22 +7,15 @@
 #include "../common.h"
 #include "../detail.h"
 #include "../tracing.h"
+#include "function.h"
 
 #include <ATen/ops/div.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/variable.h>
-#include <torch/library.h>
-
-#include <array>
 
 namespace arwrap::ops::autograd {
 namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossEntropyFunction> {
  public:
@@ -163,11 +156,7 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_autograd(
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("linear_cross_entropy", &linear_cross_entropy_autograd);
-  // The internal operators are the implementation of the forward and backward:
-  // not differentiable themselves.
-  for (const char* name : {"linear_cross_entropy_forward", "linear_cross_entropy_backward"}) {
-    m.impl(name, torch::CppFunction::makeFallthrough());
-  }
+  fall_through(m, {"linear_cross_entropy_forward", "linear_cross_entropy_backward"});
 }
 
 }  // namespace arwrap::ops::autograd
