@@ -186,11 +186,8 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
       "Tensor? all_pred_logits=None, int prepend_len=0, int ignore_index=-100, bool output_is_log_prob=False, "
       "bool inplace_backward=False, float head_scale=1., float next_embed_loss_weight=0.1, "
       "float looped_loss_threshold_exit=0.05, float looped_loss_slope=50., float looped_exit_loss_weight=1.) "
-      "-> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(arwrap, CompositeImplicitAutograd, m) {
-  m.impl("autoregressive_loss", &autoregressive_loss_op);
+      "-> Tensor",
+      TORCH_FN(autoregressive_loss_op));  // CompositeImplicitAutograd: autograd sees its parts
 }
 
 }  // namespace arwrap

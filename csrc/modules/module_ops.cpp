@@ -89,17 +89,14 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def(
       "transformer_wrapper_forward(Tensor tokens, Tensor[] weights, str config, bool training, "
       "Tensor? prepend_embeds=None, Tensor? self_attn_kv_mask=None, bool return_embeddings=False, "
-      "bool return_attn_z_loss=False, bool return_next_embed_pred=False) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool return_attn_z_loss=False, bool return_next_embed_pred=False) -> (Tensor, Tensor, Tensor, Tensor)",
+      TORCH_FN(transformer_wrapper_forward));  // CompositeImplicitAutograd, as the one below
   m.def(
       "autoregressive_wrapper_loss(Tensor x, Tensor[] weights, str config, bool training, int ignore_index=-100, "
       "int pad_value=0, float mask_prob=0., int? mask_token_id=None, bool add_attn_z_loss=False, "
       "float next_embed_loss_weight=0.1, Tensor? lens=None, Tensor? prepend_embeds=None, Tensor? mask_noise=None, "
-      "Generator? generator=None, bool return_outputs=False) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(arwrap, CompositeImplicitAutograd, m) {
-  m.impl("transformer_wrapper_forward", &transformer_wrapper_forward);
-  m.impl("autoregressive_wrapper_loss", &autoregressive_wrapper_loss);
+      "Generator? generator=None, bool return_outputs=False) -> (Tensor, Tensor)",
+      TORCH_FN(autoregressive_wrapper_loss));
 }
 
 }  // namespace arwrap

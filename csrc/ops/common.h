@@ -59,6 +59,14 @@ inline at::ScalarType loss_dtype(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The options both cross-entropy operators share, checked alike (`op` names the caller).
+inline void check_loss_options(const char* op, double label_smoothing, double z_loss_weight) {
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op, ": label_smoothing must be in [0, 1], got ",
+                    label_smoothing);
+  TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0, op,
+                    ": z_loss_weight must be finite and >= 0, got ", z_loss_weight);
+}
+
 inline void check_cross_entropy_args(
     const at::Tensor& logits, const at::Tensor& target, double label_smoothing, double z_loss_weight) {
   TORCH_CHECK_VALUE(logits.defined(), "cross_entropy: logits is undefined");
@@ -78,10 +86,7 @@ inline void check_cross_entropy_args(
                     target.sizes());
   TORCH_CHECK_VALUE(logits.device() == target.device(), "cross_entropy: logits (", logits.device(),
                     ") and target (", target.device(), ") must be on the same device");
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-                    "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
-  TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0,
-                    "cross_entropy: z_loss_weight must be finite and >= 0, got ", z_loss_weight);
+  check_loss_options("cross_entropy", label_smoothing, z_loss_weight);
 }
 
 inline CrossEntropyOutputs alloc_cross_entropy_outputs(
@@ -148,10 +153,7 @@ inline void check_linear_cross_entropy_args(const at::Tensor& hidden, const at::
                     hidden.sizes().slice(0, hidden.dim() - 1), ", got ", target.sizes());
   TORCH_CHECK_VALUE(target.device() == hidden.device(), "linear_cross_entropy: target (", target.device(),
                     ") and hidden (", hidden.device(), ") must be on the same device");
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-                    "linear_cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
-  TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0,
-                    "linear_cross_entropy: z_loss_weight must be finite and >= 0, got ", z_loss_weight);
+  check_loss_options("linear_cross_entropy", label_smoothing, z_loss_weight);
 }
 
 // ------------------------------------------------------------------ shift_tokens

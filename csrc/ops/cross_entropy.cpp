@@ -89,7 +89,8 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def(
       "cross_entropy(Tensor logits, Tensor target, int ignore_index=-100, str reduction=\"mean\", "
       "float label_smoothing=0., float z_loss_weight=0., bool inplace_backward=False, bool return_lse=False) "
-      "-> (Tensor loss, Tensor lse)");
+      "-> (Tensor loss, Tensor lse)",
+      torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(cross_entropy_no_grad)));
   m.def(
       "cross_entropy_forward(Tensor logits, Tensor target, int ignore_index, int reduction, "
       "float label_smoothing, float z_loss_weight) -> (Tensor loss, Tensor lse)");
@@ -105,10 +106,6 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def(
       "cross_entropy_backward_(Tensor grad_loss, Tensor? grad_lse, Tensor(a!) logits, Tensor target, Tensor lse, "
       "int ignore_index, int reduction, float label_smoothing, float z_loss_weight) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(arwrap, CompositeExplicitAutograd, m) {
-  m.impl("cross_entropy", &cross_entropy_no_grad);
 }
 
 }  // namespace ops

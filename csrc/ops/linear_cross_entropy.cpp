@@ -73,7 +73,8 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def(
       "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, int ignore_index=-100, "
       "str reduction=\"mean\", float label_smoothing=0., float z_loss_weight=0., bool return_lse=False) "
-      "-> (Tensor loss, Tensor lse)");
+      "-> (Tensor loss, Tensor lse)",
+      torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(linear_cross_entropy_no_grad)));
   m.def(
       "linear_cross_entropy_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, int ignore_index, "
       "int reduction, float label_smoothing, float z_loss_weight, bool[3] output_mask) "
@@ -90,10 +91,6 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
       "_linear_cross_entropy_backward_generic(Tensor grad_loss, Tensor? grad_lse, Tensor hidden, Tensor weight, "
       "Tensor? bias, Tensor target, int ignore_index, int reduction, float label_smoothing, float z_loss_weight, "
       "bool[3] output_mask) -> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
-}
-
-TORCH_LIBRARY_IMPL(arwrap, CompositeExplicitAutograd, m) {
-  m.impl("linear_cross_entropy", &linear_cross_entropy_no_grad);
 }
 
 }  // namespace ops
