@@ -23,11 +23,7 @@ std::tuple<at::Tensor, at::Tensor> beam_search(const TransformerWrapperOptions& 
   const int64_t b = prompts.size(0), t = prompts.size(1);
   const bool greedy = g.temperature() == 0.0;
   at::NoGradGuard no_grad;
-  at::Tensor out = prompts, seq_start_pos;
-  if (g.prompt_lens().has_value()) {
-    out = detail::align_right(prompts, *g.prompt_lens(), g.pad_value());
-    seq_start_pos = g.prompt_lens()->to(at::kLong).neg().add(t);
-  }
+  auto [out, seq_start_pos] = detail::align_prompts(prompts, g);
   detail::Decoding net(o, weights, g.cache_kv(), g.restrict_to_max_seq_len());
   at::Tensor scores = at::zeros({b}, prompts.options().dtype(at::kFloat));
   const at::Tensor batch_arange = at::arange(b, prompts.options());

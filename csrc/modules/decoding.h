@@ -13,9 +13,13 @@ namespace arwrap::detail {
 // x-transformers' filter_logits functions (top_k, top_p, top_a, min_p, none) over (rows, V).
 at::Tensor filter_logits(const at::Tensor& logits, const GenerateOptions& g);
 
-// x-transformers' align_right: rows of prompts (b, t) holding lens[i] tokens on the left are
-// shifted right, padded with pad on the left.
-at::Tensor align_right(const at::Tensor& prompts, const at::Tensor& lens, int64_t pad);
+// The prompts (b, t) as decoding starts from them: with g.prompt_lens, x-transformers' align_right
+// (rows holding lens[i] tokens on the left shifted right, padded with g.pad_value on the left)
+// and each row's first position (t - lens[i]); without, the prompts and no start positions.
+struct AlignedPrompts {
+  at::Tensor tokens, seq_start_pos;
+};
+AlignedPrompts align_prompts(const at::Tensor& prompts, const GenerateOptions& g);
 
 // Checks shared by generate and beam_search (ValueErrors naming the argument); returns the
 // prompts as (b, t).

@@ -42,14 +42,13 @@ at::Tensor filter_logits(const at::Tensor& logits, const GenerateOptions& g) {
                     "'");
 }
 
-// x-transformers' align_right: rows of prompts (b, t) holding lens[i] tokens on the left are
-// shifted right, padded with pad on the left.
-at::Tensor align_right(const at::Tensor& prompts, const at::Tensor& lens, int64_t pad) {
+AlignedPrompts align_prompts(const at::Tensor& prompts, const GenerateOptions& g) {
+  if (!g.prompt_lens().has_value()) return {prompts, at::Tensor()};
   const int64_t t = prompts.size(1);
-  const at::Tensor pad_lens = lens.to(at::kLong).neg().add(t);  // (b,)
-  const at::Tensor padded = at::constant_pad_nd(prompts, {t, 0}, static_cast<double>(pad));  // (b, 2t)
+  const at::Tensor pad_lens = g.prompt_lens()->to(at::kLong).neg().add(t);  // (b,): also each row's start
+  const at::Tensor padded = at::constant_pad_nd(prompts, {t, 0}, static_cast<double>(g.pad_value()));  // (b, 2t)
   const at::Tensor idx = at::arange(t, prompts.options()).unsqueeze(0).add(t).sub(pad_lens.unsqueeze(1));
-  return padded.gather(1, idx);
+  return {padded.gather(1, idx), pad_lens};
 }
 
 at::Tensor check_prompts(const char* where, const at::Tensor& prompts, int64_t seq_len, const GenerateOptions& g) {
@@ -142,11 +141,7 @@ at::Tensor generate(const TransformerWrapperOptions& o, at::TensorList weights, 
     TORCH_CHECK_VALUE(a.alpha > 0.0, "generate: contrastive decoding needs alpha > 0, got ", a.alpha);
   }
   at::NoGradGuard no_grad;
-  at::Tensor out = prompts, seq_start_pos;
-  if (g.prompt_lens().has_value()) {
-    out = detail::align_right(prompts, *g.prompt_lens(), g.pad_value());
-    seq_start_pos = g.prompt_lens()->to(at::kLong).neg().add(t);
-  }
+  auto [out, seq_start_pos] = detail::align_prompts(prompts, g);
   detail::Decoding expert(o, weights, g.cache_kv(), g.restrict_to_max_seq_len());
   std::vector<detail::Decoding> amateurs;
   amateurs.reserve(g.amateurs().size());
