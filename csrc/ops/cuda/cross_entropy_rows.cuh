@@ -141,6 +141,23 @@ struct alignas(16) Pack {
 
 constexpr int kUnroll = 4;  // 16-byte loads in flight per thread
 
+// This thread's share of a split row: scalar(j) for the head and tail elements, pack(i, p) for
+// each 16-byte pack i (at zp[i]), kUnroll packs loaded before any is used (the loads in flight).
+template <typename T, typename Scalar, typename PackFn>
+__device__ __forceinline__ void sweep_packs(const RowSplit& sp, int64_t V, const Pack<T>* zp, Scalar&& scalar,
+                                            PackFn&& pack) {
+  row_sweep<kUnroll>(
+      sp, V, Pack<T>::n, threadIdx.x, blockDim.x, scalar,
+      [&](int64_t i, int64_t stride) {
+        Pack<T> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) pack(i + u * stride, p[u]);
+      },
+      [&](int64_t i) { pack(i, zp[i]); });
+}
+
 // f(j, z_j) for j in this thread's share of the row.
 template <typename T, typename A, typename F>
 __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
@@ -152,16 +169,7 @@ __device__ __forceinline__ void row_read(const T* z, int64_t V, F&& f) {
 #pragma unroll
     for (int k = 0; k < kVec; ++k) f(sp.head + i * kVec + k, static_cast<A>(p.v[k]));
   };
-  row_sweep<kUnroll>(
-      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { f(j, static_cast<A>(z[j])); },
-      [&](int64_t i, int64_t stride) {
-        Pack<T> p[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) unpack(i + u * stride, p[u]);
-      },
-      [&](int64_t i) { unpack(i, zp[i]); });
+  sweep_packs(sp, V, zp, [&](int64_t j) { f(j, static_cast<A>(z[j])); }, unpack);
 }
 
 // out_j = f(j, z_j) for j in this thread's share of the row; out may alias z (each
@@ -178,16 +186,7 @@ __device__ __forceinline__ void row_map(const T* z, T* out, int64_t V, F&& f) {
     for (int k = 0; k < kVec; ++k) o.v[k] = static_cast<T>(f(sp.head + i * kVec + k, static_cast<A>(p.v[k])));
     op[i] = o;
   };
-  row_sweep<kUnroll>(
-      sp, V, kVec, threadIdx.x, blockDim.x, [&](int64_t j) { out[j] = static_cast<T>(f(j, static_cast<A>(z[j]))); },
-      [&](int64_t i, int64_t stride) {
-        Pack<T> p[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) p[u] = zp[i + u * stride];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) map(i + u * stride, p[u]);
-      },
-      [&](int64_t i) { map(i, zp[i]); });
+  sweep_packs(sp, V, zp, [&](int64_t j) { out[j] = static_cast<T>(f(j, static_cast<A>(z[j]))); }, map);
 }
 
 // ---- device parts of the kernels -------------------------------------------------
