@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 namespace train {
@@ -69,31 +70,28 @@ modes
 
 [[noreturn]] void fail(const std::string& msg) { throw std::runtime_error(msg); }
 
-int64_t parse_int(const std::string& flag, const std::string& v, int64_t min) {
+namespace {
+// The number in v (all of it: "3x" is refused), at least `min`; the error names the flag.
+template <typename T>
+T parse_number(const std::string& flag, const std::string& v, T min) {
+  constexpr bool integral = std::is_integral_v<T>;
   size_t pos = 0;
-  int64_t x = 0;
+  T x = 0;
   try {
-    x = std::stoll(v, &pos);
+    if constexpr (integral) x = std::stoll(v, &pos);
+    else x = std::stod(v, &pos);
   } catch (...) {
     pos = 0;
   }
-  if (pos == 0 || pos != v.size()) fail(flag + " expects an integer, got '" + v + "'");
+  if (pos == 0 || pos != v.size() || !std::isfinite(static_cast<double>(x)))
+    fail(flag + (integral ? " expects an integer, got '" : " expects a number, got '") + v + "'");
   if (x < min) fail(flag + " must be >= " + std::to_string(min) + ", got " + v);
   return x;
 }
+}  // namespace
 
-double parse_float(const std::string& flag, const std::string& v, double min) {
-  size_t pos = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &pos);
-  } catch (...) {
-    pos = 0;
-  }
-  if (pos == 0 || pos != v.size() || !std::isfinite(x)) fail(flag + " expects a number, got '" + v + "'");
-  if (x < min) fail(flag + " must be >= " + std::to_string(min) + ", got " + v);
-  return x;
-}
+int64_t parse_int(const std::string& flag, const std::string& v, int64_t min) { return parse_number(flag, v, min); }
+double parse_float(const std::string& flag, const std::string& v, double min) { return parse_number(flag, v, min); }
 
 // Sets one flag from its value. Used for the command line and for a checkpoint's train_args.
 void set_flag(Args& a, const std::string& name, const std::string& v) {

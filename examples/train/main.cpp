@@ -34,6 +34,17 @@ extern "C" void on_sigint(int) {
   std::signal(SIGINT, SIG_DFL);
 }
 
+// An Adam-family optimizer over params, and in set_lr the setter of its learning rate (the schedule's).
+template <typename Optimizer, typename Options>
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(std::vector<at::Tensor> params, const Options& options,
+                                                        std::function<void(double)>& set_lr) {
+  auto o = std::make_unique<Optimizer>(std::move(params), options);
+  set_lr = [raw = o.get()](double lr) {
+    for (auto& g : raw->param_groups()) static_cast<Options&>(g.options()).lr(lr);
+  };
+  return o;
+}
+
 // ------------------------------------------------------------------ run
 
 int run(int argc, char** argv) {
@@ -102,21 +113,11 @@ int run(int argc, char** argv) {
   std::unique_ptr<torch::optim::Optimizer> opt;
   std::function<void(double)> set_lr;
   if (a.optimizer == "adam") {
-    auto o = std::make_unique<torch::optim::Adam>(
-        params, torch::optim::AdamOptions(a.lr).weight_decay(a.weight_decay < 0 ? 0.0 : a.weight_decay));
-    auto* raw = o.get();
-    set_lr = [raw](double lr) {
-      for (auto& g : raw->param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
-    };
-    opt = std::move(o);
+    opt = make_optimizer<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(a.lr).weight_decay(a.weight_decay < 0 ? 0.0 : a.weight_decay), set_lr);
   } else {
-    auto o = std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(a.lr).weight_decay(a.weight_decay < 0 ? 0.01 : a.weight_decay));
-    auto* raw = o.get();
-    set_lr = [raw](double lr) {
-      for (auto& g : raw->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-    };
-    opt = std::move(o);
+    opt = make_optimizer<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(a.lr).weight_decay(a.weight_decay < 0 ? 0.01 : a.weight_decay), set_lr);
   }
   int64_t start_step = 0;
   if (ckpt) {
