@@ -9,8 +9,22 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
+import sys
 import time
+
+
+def load_note(start_load: float) -> str:
+    """One sentence on how busy the machine was, from the 1-minute load average taken as the
+    benchmark started (before it ran anything), so the table says what was measured."""
+    cores = os.cpu_count() or 1
+    verdict = ("quiet" if start_load < 0.5 else "shared with other jobs: absolute times are noisy, ratios within one "
+               "process (round-robin) are fair")
+    return f"Load average when it started: {start_load:.2f} on {cores} cores ({verdict})."
+
+
+START_LOAD = os.getloadavg()[0]  # at import: before the benchmark runs anything
 
 
 def bench_parser(doc: str, out: str, repeats: int, hidden=()) -> argparse.ArgumentParser:
@@ -70,23 +84,35 @@ def median_time(step, repeats: int, before_each=None) -> float:
     return statistics.median(times)
 
 
-def round_robin(steps: dict, repeats: int) -> dict:
-    """Runs every step of {name: step} once (its first result is kept) and once more to warm
-    up, then `repeats` rounds taking each in turn, so slow drifts of the machine hit all alike.
-    Returns {name: {"time_s": median seconds, "loss": float(first result)}}."""
+def round_robin(steps: dict, repeats: int, label: str = "") -> dict:
+    """Runs every step of {name: step} once (its first result and time are kept: a compiled
+    step compiles there) and once more to warm up, then `repeats` rounds taking each in turn,
+    so slow drifts of the machine hit all alike. With a label, progress goes to stderr.
+    Returns {name: {"time_s": median seconds, "first_step_s", "loss": float(first result),
+    "times_s": every round's seconds}}."""
     import statistics
     import time
 
-    first = {name: float(s()) for name, s in steps.items()}
+    first, first_s = {}, {}
+    for name, s in steps.items():
+        t0 = time.perf_counter()
+        first[name] = float(s())
+        first_s[name] = time.perf_counter() - t0
+        if label:
+            print(f"[{label}] {name}: first step {first_s[name]:.1f} s, loss {first[name]:.6f}", file=sys.stderr)
     for s in steps.values():
         s()
     times = {name: [] for name in steps}
-    for _ in range(repeats):
+    for r in range(repeats):
         for name, s in steps.items():
             t0 = time.perf_counter()
             s()
             times[name].append(time.perf_counter() - t0)
-    return {name: {"time_s": statistics.median(t), "loss": first[name]} for name, t in times.items()}
+        if label:
+            print(f"[{label}] round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
+                  file=sys.stderr)
+    return {name: {"time_s": statistics.median(t), "first_step_s": first_s[name], "loss": first[name], "times_s": t}
+            for name, t in times.items()}
 
 
 def training_step(wrapper, net, x, autocast_dtype=None):

@@ -22,10 +22,12 @@ import os
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import START_LOAD, load_note, round_robin, write_results  # noqa: E402  (START_LOAD: taken now)
+
 CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1)
     "B": (256, 256, 4, 8, 513),
     "C": (32000, 512, 2, 4, 513),
@@ -72,26 +74,7 @@ def run(config: str, repeats: int, threads: int) -> dict:
             return loss.detach()
         return step
 
-    steps = {name: step_of(m) for name, m in models.items()}
-    compile_s, first_loss = {}, {}
-    for name, s in steps.items():
-        t0 = time.perf_counter()
-        first_loss[name] = float(s())
-        compile_s[name] = time.perf_counter() - t0
-        print(f"[{config}] {name}: first step {compile_s[name]:.1f} s, loss {first_loss[name]:.6f}", file=sys.stderr)
-    for s in steps.values():
-        s()
-    times = {name: [] for name in steps}
-    for r in range(repeats):
-        for name, s in steps.items():
-            t0 = time.perf_counter()
-            s()
-            times[name].append(time.perf_counter() - t0)
-        print(f"[{config}] round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
-              file=sys.stderr)
-    import statistics
-    return {name: {"time_s": statistics.median(times[name]), "first_step_s": compile_s[name],
-                   "loss": first_loss[name], "times_s": times[name]} for name in steps}
+    return round_robin({name: step_of(m) for name, m in models.items()}, repeats, label=config)
 
 
 def main():
@@ -110,13 +93,10 @@ def main():
 def write(args, results):
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from _measure import write_results
-
     host = f"{platform.node()} ({isa()}), {args.threads} threads, torch {torch.__version__}"
     lines = [
         f"Training step (forward + backward) with an x-transformers net, eager vs torch.compile(fullgraph=True); "
-        f"{host}; median of {args.repeats} round-robin rounds; the machine was shared with other jobs while measured.",
+        f"{host}; median of {args.repeats} round-robin rounds. {load_note(START_LOAD)}",
         "",
         "| config | contender | step (s) | vs eager x-transformers | first step incl. compile (s) | loss |",
         "|---|---|---|---|---|---|",

@@ -272,6 +272,23 @@ def trainer_child(args):
 
 # ------------------------------------------------------------------ tables
 
+def load_line(configs, results, trainer):
+    """How busy the machine was when each configuration's run started (bench/_measure.py's START_LOAD)."""
+    import os
+
+    def fmt(load):
+        return "?" if load is None else f"{load:.2f}"
+
+    loads = [f"{c} {fmt(next((r.get('load_at_start') for r in results if r['config'] == c), None))}"
+             for c in configs]
+    if trainer:
+        first = next((r for r in trainer.values() if isinstance(r, dict)), {})
+        loads.append(f"trainer {fmt(first.get('load_at_start'))}")
+    return (f"1-minute load average when the run measuring each part started, on {os.cpu_count()} cores: "
+            f"{', '.join(loads)} (below 0.5: a quiet machine; above: shared with other jobs, absolute times "
+            "noisy, ratios within one configuration, one process round-robin, fair).")
+
+
 def tables(configs, results, threads, repeats, trainer, commands=()):
     import torch
 
@@ -282,9 +299,7 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
     except Exception:  # noqa: BLE001  (older torch)
         pass
     lines = [f"{threads} threads, median of --repeats round-robin steps (per command below), torch {torch.__version__}, "
-             f"CPU ISA: {isa}. "
-             "The machine was shared with other jobs while this ran: absolute times are noisy, ratios within one "
-             "configuration (one process, round-robin) are fair.", "",
+             f"CPU ISA: {isa}. {load_line(configs, results, trainer)}", "",
              *[f"    {c}" for c in commands], *([""] if commands else []),
              "Training step (loss = wrapper(x); loss.backward()), dim_head 64. step / floor: the step's time over "
              "its precision's floor; vs best xt: the fastest x-transformers contender of the same precision over "
@@ -354,7 +369,7 @@ def main():
     if args.child:
         return trainer_child(args) if args.measure == "trainer" else child(args)
     sys.path.insert(0, str(HERE))
-    from _measure import run_isolated, write_results
+    from _measure import START_LOAD, run_isolated, write_results
 
     configs = [c for c in args.configs.split(",") if c]
     common = ["--threads", args.threads, "--repeats", args.repeats]
@@ -388,7 +403,7 @@ def main():
         timed = run_isolated(__file__, ["--config", cfg, "--contender", ",".join(contenders), *common],
                              measures=("time",))
         for c in list(contenders) + ["floor_fp32", "floor_bf16"]:
-            r = {"config": cfg, "contender": c}
+            r = {"config": cfg, "contender": c, "load_at_start": START_LOAD}
             r.update({"error": timed["error"]} if "error" in timed else timed[c])
             if not c.startswith("floor") and "error" not in r and not args.no_memory:
                 print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
@@ -399,6 +414,9 @@ def main():
     if args.trainer:
         trainer = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
                                           "--threads", args.threads], measures=("trainer",))
+        for r in trainer.values():
+            if isinstance(r, dict):
+                r["load_at_start"] = START_LOAD
     save()
 
 

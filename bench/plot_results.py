@@ -161,16 +161,14 @@ def render(json_path, out=None, dpi=100) -> Path:
         names = [str(_first(r, CONTENDER_KEYS)) for r in rs]
         errors = [r.get("error") for r in rs]
         times = [_first(r, TIME_KEYS) for r in rs]
-        floor_t = next((r["floor_time_s"] for r in rs if r.get("floor_time_s")), None)
-        _bars(axes[row][0], names, times, errors, _fmt_time, floor_t, labels.get("time_s", "floor"),
-              "time per step (forward + backward)", TIME_UNITS)
-        axes[row][0].set_title(f"{shape}: time", fontsize=10)
+        panels = [(times, _fmt_time, "time_s", "time per step (forward + backward)", TIME_UNITS, "time")]
         if has_mem:
-            mems = [_first(r, MEM_KEYS) for r in rs]
-            floor_m = next((r["floor_peak_extra_bytes"] for r in rs if r.get("floor_peak_extra_bytes")), None)
-            _bars(axes[row][1], names, mems, errors, _fmt_mem, floor_m, labels.get("peak_extra_bytes", "floor"),
-                  "peak extra memory", MEM_UNITS)
-            axes[row][1].set_title(f"{shape}: peak memory", fontsize=10)
+            panels.append(([_first(r, MEM_KEYS) for r in rs], _fmt_mem, "peak_extra_bytes", "peak extra memory",
+                           MEM_UNITS, "peak memory"))
+        for col, (values, fmt, key, xlabel, units, title) in enumerate(panels):
+            floor = next((r[f"floor_{key}"] for r in rs if r.get(f"floor_{key}")), None)
+            _bars(axes[row][col], names, values, errors, fmt, floor, labels.get(key, "floor"), xlabel, units)
+            axes[row][col].set_title(f"{shape}: {title}", fontsize=10)
     if gen:
         names = list(gen)
         _bars(axes[-1][0], names, [gen[n].get("tokens_per_s") for n in names], [gen[n].get("error") for n in names],
