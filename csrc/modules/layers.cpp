@@ -1,6 +1,8 @@
 // The native net's layers: see layers.h.
 #include "layers.h"
 
+#include "../ops/cpu/small_batch_linear.h"
+
 #include <arwrap/ops.h>
 
 #include <ATen/ATen.h>
@@ -48,6 +50,11 @@ Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
   return r;
 }
 
+at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (ops::cpu::small_batch_linear_applies(x, weight, bias)) return ops::cpu::small_batch_linear(x, weight, bias);
+  return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+}
+
 at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset) {
   const at::Tensor g = unit_offset ? gamma + 1.0 : gamma;
   // normalise, then scale, as x-transformers does: layer_norm's fused affine backward
@@ -83,7 +90,7 @@ at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
 at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse) {
   const int64_t b = h.size(0), m = h.size(1), H = d.heads(), dh = d.attn_dim_head();
-  auto heads = [&](const at::Tensor& weight) { return at::linear(h, weight).view({b, m, H, dh}).transpose(1, 2); };
+  auto heads = [&](const at::Tensor& weight) { return project(h, weight).view({b, m, H, dh}).transpose(1, 2); };
   at::Tensor q = heads(w.q), k = heads(w.k), v = heads(w.v);
   if (d.attn_qk_norm()) {
     q = q / at::linalg_vector_norm(q, 2, {-1}, true).clamp_min(1e-12);
@@ -119,11 +126,11 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     if (ctx.key_mask.defined()) km = ctx.key_mask;
     *lse = arwrap::attention_lse(q, k, AttentionLseOptions().key_mask(km).scale(ctx.scale).causal(true));
   }
-  return at::linear(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+  return project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
 }
 
 at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training) {
-  at::Tensor f = at::linear(h, w.ff_in_w, w.ff_in_b);
+  at::Tensor f = project(h, w.ff_in_w, w.ff_in_b);
   if (d.ff_glu()) {
     auto parts = f.chunk(2, -1);
     f = parts[0] * (d.ff_swish() ? at::silu(parts[1]) : at::gelu(parts[1]));
@@ -131,7 +138,7 @@ at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const Decode
     f = d.ff_swish() ? at::silu(f) : at::gelu(f);
   }
   if (training && d.ff_dropout() > 0) f = at::dropout(f, d.ff_dropout(), true);
-  return at::linear(f, w.ff_out_w, w.ff_out_b);
+  return project(f, w.ff_out_w, w.ff_out_b);
 }
 
 }  // namespace arwrap::layers

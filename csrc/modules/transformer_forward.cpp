@@ -111,9 +111,9 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
   if (in.return_embeddings) {
     out.embeddings = x;
   } else if (o.tie_embedding()) {
-    out.logits = at::linear(x, W.token_emb) * (1.0 / std::sqrt(static_cast<double>(D)));
+    out.logits = layers::project(x, W.token_emb) * (1.0 / std::sqrt(static_cast<double>(D)));
   } else {
-    out.logits = at::linear(x, W.to_logits);
+    out.logits = layers::project(x, W.to_logits);
   }
   if (in.return_attn_z_loss) {
     out.attn_z_loss = lse_sum.square().sum(1).mean() * o.attn_z_loss_weight();

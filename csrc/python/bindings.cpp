@@ -6,6 +6,8 @@
 #include <arwrap/arwrap.h>
 #include <arwrap/corpus.h>
 
+#include "../ops/cpu/small_batch_linear.h"
+
 #include <torch/csrc/jit/api/module.h>
 #include <torch/extension.h>
 
@@ -205,6 +207,14 @@ PYBIND11_MODULE(_C, m) {
         return py::bytes(bytes);
       },
       py::arg("path"), py::arg("suffix"), py::arg("max_bytes"));
+
+  // The native net's decoding linear (csrc/ops/cpu/small_batch_linear.h), for its tests.
+  m.def("_small_batch_linear", [](const at::Tensor& x, const at::Tensor& weight, std::optional<at::Tensor> bias) {
+    return arwrap::ops::cpu::small_batch_linear(x, weight, bias.value_or(at::Tensor()));
+  });
+  m.def("_small_batch_linear_applies", [](const at::Tensor& x, const at::Tensor& weight, std::optional<at::Tensor> bias) {
+    return arwrap::ops::cpu::small_batch_linear_applies(x, weight, bias.value_or(at::Tensor()));
+  });
 
   // ARWrapperOptions::validate, for the Python wrapper's constructor (ValueError naming the value).
   m.def("validate_wrapper_options", [](double mask_prob, double next_embed_loss_weight) {

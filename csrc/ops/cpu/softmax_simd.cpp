@@ -29,7 +29,7 @@ namespace arwrap::ops::cpu::simd {
 namespace {
 
 #define ARWRAP_KERNELS(ns, name) \
-  Kernels{&ns::max_of, &ns::sum_of, &ns::sum_exp, &ns::grad_affine, &ns::exp_store, &ns::scale_affine, name}
+  Kernels{&ns::max_of, &ns::sum_of, &ns::sum_exp, &ns::grad_affine, &ns::exp_store, &ns::scale_affine, &ns::dot, name}
 
 Kernels pick() {
   // ARWRAP_CPU_ISA=avx512|avx2|base forces a choice (for tests and benchmarks).

@@ -1,5 +1,6 @@
-// Float32 row primitives of the fused cross-entropy, with run-time selection of
-// the widest instruction set this CPU has (AVX-512, AVX2+FMA, or baseline).
+// Float32 row primitives of the fused cross-entropy (and the dot product of the
+// small-batch linear), with run-time selection of the widest instruction set this
+// CPU has (AVX-512, AVX2+FMA, or baseline).
 #pragma once
 
 namespace arwrap::ops::cpu::simd {
@@ -11,6 +12,7 @@ struct Kernels {
   float (*grad_affine)(const float* x, float* out, long n, float lse, float a, float b);
   float (*exp_store)(const float* x, float* out, long n, float m);
   float (*scale_affine)(const float* e, float* out, long n, float scale, float a, float b);
+  float (*dot)(const float* a, const float* b, long n);
   const char* isa;
 };
 
