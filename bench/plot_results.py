@@ -42,7 +42,7 @@ def _first(rec, keys):
 def shape_label(rec) -> str:
     for keys in SHAPE_ORDER:
         if all(k in rec for k in keys):
-            return "x".join(str(rec[k]) for k in keys)
+            return "x".join(str(rec[k]) for k in keys) + (f" {rec['dtype']}" if "dtype" in rec else "")
     parts = [f"{k} {rec[k]}" for k in rec if k not in NOT_SHAPE and not isinstance(rec[k], (dict, list))]
     return ", ".join(parts) or "all"
 
