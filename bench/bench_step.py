@@ -238,16 +238,27 @@ def trainer_data():
 
 
 def run_trainer(trainer, precision, steps, threads, tmp):
-    """arwrap-train's own figure: the 'done: ... (N tokens/s training)' line."""
+    """arwrap-train's tokens/s after its first step, as the Python loop's: from its metrics file
+    (--log-every 1), the training tokens of steps 2..N over the wall time from step 1's line to
+    step N's (its own 'done' line counts the first step too)."""
+    metrics = Path(tmp) / f"bench-{precision}.metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    m = TRAINER_MODEL
     p = subprocess.run([str(trainer), "--precision", precision, "--steps", str(steps), "--threads", str(threads),
+                        "--seq-len", str(m["seq_len"]), "--dim", str(m["dim"]), "--depth", str(m["depth"]),
+                        "--heads", str(m["heads"]), "--dim-head", str(m["dim_head"]), "--batch", str(m["batch"]),
                         "--val-every", "0", "--sample-every", "0", "--save-every", "0", "--max-bytes", "4000000",
+                        "--log-every", "1", "--metrics", str(metrics),
                         "--checkpoint", str(Path(tmp) / f"bench-{precision}.pt")],
                        capture_output=True, text=True)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
-    m = re.search(r"\(([\d.]+) tokens/s training\)", p.stdout)
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    steps_seen = [x for x in lines if "loss" in x and "wall_s" in x]
+    first, last = steps_seen[0], steps_seen[-1]
+    tokens = (last["step"] - first["step"]) * m["batch"] * m["seq_len"]
     head = [line for line in p.stdout.splitlines() if line.startswith("precision:")]
-    return {"tokens_per_s": float(m.group(1)), "header": head[0] if head else ""}
+    return {"tokens_per_s": tokens / (last["wall_s"] - first["wall_s"]), "header": head[0] if head else ""}
 
 
 def trainer_child(args):
