@@ -15,16 +15,39 @@ import sys
 import time
 
 
-def load_note(start_load: float) -> str:
-    """One sentence on how busy the machine was, from the 1-minute load average taken as the
-    benchmark started (before it ran anything), so the table says what was measured."""
-    cores = os.cpu_count() or 1
-    verdict = ("quiet" if start_load < 0.5 else "shared with other jobs: absolute times are noisy, ratios within one "
-               "process (round-robin) are fair")
-    return f"Load average when it started: {start_load:.2f} on {cores} cores ({verdict})."
+class CpuWatch:
+    """How much of the machine other jobs used while a benchmark ran: the busy CPU time in
+    /proc/stat since the watch started, less this process's and its finished children's own,
+    over the wall time times the cores (0: nothing else ran; 1: others took every core)."""
+
+    def __init__(self):
+        self.start = self._now()
+
+    @staticmethod
+    def _now():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        except OSError:
+            busy = float("nan")
+        t = os.times()
+        return time.time(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def others_share(self) -> float:
+        wall, busy, own = (b - a for a, b in zip(self.start, self._now()))
+        return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
-START_LOAD = os.getloadavg()[0]  # at import: before the benchmark runs anything
+def load_note(watch: "CpuWatch") -> str:
+    """One sentence on how busy the machine was while the benchmark ran (CpuWatch)."""
+    share = watch.others_share()
+    verdict = ("a quiet machine" if share < 0.05 else "shared with other jobs: absolute times are noisy, ratios within "
+               "one process (round-robin) are fair")
+    return f"Other jobs used {share:.0%} of the {os.cpu_count()} cores while it ran ({verdict})."
+
+
+WATCH = CpuWatch()  # from import: the benchmark's whole run
 
 
 def bench_parser(doc: str, out: str, repeats: int, hidden=()) -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import START_LOAD, load_note, round_robin, write_results  # noqa: E402  (START_LOAD: taken now)
+from _measure import WATCH, load_note, round_robin, write_results  # noqa: E402  (WATCH starts now)
 
 CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1)
     "B": (256, 256, 4, 8, 513),
@@ -96,7 +96,7 @@ def write(args, results):
     host = f"{platform.node()} ({isa()}), {args.threads} threads, torch {torch.__version__}"
     lines = [
         f"Training step (forward + backward) with an x-transformers net, eager vs torch.compile(fullgraph=True); "
-        f"{host}; median of {args.repeats} round-robin rounds. {load_note(START_LOAD)}",
+        f"{host}; median of {args.repeats} round-robin rounds. {load_note(WATCH)}",
         "",
         "| config | contender | step (s) | vs eager x-transformers | first step incl. compile (s) | loss |",
         "|---|---|---|---|---|---|",

@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _measure import START_LOAD, load_note, write_results  # noqa: E402
+from _measure import WATCH, load_note, write_results  # noqa: E402
 
 DONE = re.compile(r"^done: (\d+) steps in \S+ \((\d+) tokens/s training\)", re.M)
 HEADER = re.compile(r"gradient all-reduce ([\d.]+) MB/step in (\d+) buckets?")
@@ -135,7 +135,7 @@ def main():
     lines = [
         f"arwrap-train, dim 256, depth 4, heads 4, seq 256, batch B={b} windows per rank, {args.steps} steps, float32; "
         f"median of {args.rounds} round-robin runs; torch {torch.__version__}, {os.cpu_count()} cores "
-        f"({', '.join(isa) or platform.processor()}); Gloo over loopback. {load_note(START_LOAD)}",
+        f"({', '.join(isa) or platform.processor()}); Gloo over loopback. {load_note(WATCH)}",
         "",
         "| contender | tokens/s | vs 1 proc x 1 thread | all-reduce MB/step | buckets | wait ms/step | pack+launch ms/step "
         "| buckets started in backward | loss all-reduce ms/step | communication share |",

@@ -111,7 +111,7 @@ def main():
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import START_LOAD, load_note, measure_shapes, write_results
+    from _measure import WATCH, load_note, measure_shapes, write_results
 
     results = []
     for dt in args.dtypes.split(","):
@@ -121,7 +121,7 @@ def main():
     for r in results:  # the memory floor: grad_hidden + grad_weight, which any implementation must hold
         r["floor_peak_extra_bytes"] = (r["n"] * r["d"] + r["v"] * r["d"]) * (2 if r["dtype"] == "bf16" else 4)
     lines = [f"{args.threads} threads, 5% ignored targets, median of {args.repeats}, torch {torch.__version__}. "
-             f"{load_note(START_LOAD)} Time floor: the three GEMMs alone (6 N D V FLOPs) at this run's rate; "
+             f"{load_note(WATCH)} Time floor: the three GEMMs alone (6 N D V FLOPs) at this run's rate; "
              "memory floor: grad_hidden + grad_weight.", "",
              "| N x D x V | dtype | contender | fwd+bwd s | / time floor | vs eager | peak extra MB | "
              "/ (grad_h + grad_W) | loss |",

@@ -284,19 +284,19 @@ def trainer_child(args):
 # ------------------------------------------------------------------ tables
 
 def load_line(configs, results, trainer):
-    """How busy the machine was when each configuration's run started (bench/_measure.py's START_LOAD)."""
+    """How much of the machine other jobs used while each part ran (bench/_measure.py's CpuWatch)."""
     import os
 
-    def fmt(load):
-        return "?" if load is None else f"{load:.2f}"
+    def fmt(r):
+        if r.get("others_cpu_share") is not None:
+            return f"{r['others_cpu_share']:.0%}"
+        return "not recorded"
 
-    loads = [f"{c} {fmt(next((r.get('load_at_start') for r in results if r['config'] == c), None))}"
-             for c in configs]
+    parts = [f"{c} {fmt(next((r for r in results if r['config'] == c), {}))}" for c in configs]
     if trainer:
-        first = next((r for r in trainer.values() if isinstance(r, dict)), {})
-        loads.append(f"trainer {fmt(first.get('load_at_start'))}")
-    return (f"1-minute load average when the run measuring each part started, on {os.cpu_count()} cores: "
-            f"{', '.join(loads)} (below 0.5: a quiet machine; above: shared with other jobs, absolute times "
+        parts.append(f"trainer {fmt(next((r for r in trainer.values() if isinstance(r, dict)), {}))}")
+    return (f"Share of the {os.cpu_count()} cores other jobs used while each part ran (/proc/stat less the "
+            f"benchmark's own processes): {', '.join(parts)} (under 5%: a quiet machine; above: absolute times "
             "noisy, ratios within one configuration, one process round-robin, fair).")
 
 
@@ -380,7 +380,7 @@ def main():
     if args.child:
         return trainer_child(args) if args.measure == "trainer" else child(args)
     sys.path.insert(0, str(HERE))
-    from _measure import START_LOAD, run_isolated, write_results
+    from _measure import CpuWatch, run_isolated, write_results
 
     configs = [c for c in args.configs.split(",") if c]
     common = ["--threads", args.threads, "--repeats", args.repeats]
@@ -410,24 +410,29 @@ def main():
                                         "trainer": trainer})
 
     for cfg in configs:
+        watch = CpuWatch()
         print(f"  {cfg} time (round-robin) and floors ...", file=sys.stderr, flush=True)
         timed = run_isolated(__file__, ["--config", cfg, "--contender", ",".join(contenders), *common],
                              measures=("time",))
         for c in list(contenders) + ["floor_fp32", "floor_bf16"]:
-            r = {"config": cfg, "contender": c, "load_at_start": START_LOAD}
+            r = {"config": cfg, "contender": c}
             r.update({"error": timed["error"]} if "error" in timed else timed[c])
             if not c.startswith("floor") and "error" not in r and not args.no_memory:
                 print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
                 mem = run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",))
                 r["peak_extra_bytes"] = mem.get("peak_extra_bytes", float("nan"))
             results.append(r)
+        for r in results:
+            if r["config"] == cfg:
+                r["others_cpu_share"] = watch.others_share()
         save()  # after every configuration: a long run that stops keeps what it measured
     if args.trainer:
+        watch = CpuWatch()
         trainer = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
                                           "--threads", args.threads], measures=("trainer",))
         for r in trainer.values():
             if isinstance(r, dict):
-                r["load_at_start"] = START_LOAD
+                r["others_cpu_share"] = watch.others_share()
     save()
 
 
