@@ -87,3 +87,18 @@ def test_native_net_decodes_with_it_and_matches_the_gradient_path():
     slow = net(x)  # parameters require grad: the at::linear path
     assert slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_inference_traces_at_linear_and_matches_eager():
+    """Under torch.compile the tensors are fake: the kernel, which reads data, must stay out of
+    the trace (at::linear is traced instead) and the compiled result equal the eager one."""
+    torch.manual_seed(0)
+    net = arwrap_cpp.TransformerWrapper(num_tokens=64, max_seq_len=32,
+                                        attn_layers=arwrap_cpp.Decoder(dim=48, depth=2, heads=3, attn_dim_head=16))
+    net.eval()
+    x = torch.randint(0, 64, (1, 3))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = net(x)
+        compiled = torch.compile(net, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 // The small-batch linear of decoding: see small_batch_linear.h.
 #include "small_batch_linear.h"
 
+#include "../tracing.h"
 #include "softmax_simd.h"
 
 #include <ATen/Parallel.h>
@@ -13,7 +14,11 @@
 namespace arwrap::ops::cpu {
 
 namespace {
-bool float_cpu(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+// float32 on the CPU with real data (not fake or functional tensors under torch.compile: their
+// trace takes at::linear)
+bool float_cpu(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && has_real_data(t);
+}
 }  // namespace
 
 bool small_batch_linear_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -12,9 +12,10 @@ namespace arwrap::ops::cpu {
 // The most rows of x it takes (beam search's beams, a small batch); above, a GEMM is better.
 constexpr int64_t kSmallBatchMaxRows = 8;
 
-// Whether small_batch_linear serves this call: x (..., K) float32 on the CPU with at most
-// kSmallBatchMaxRows rows, W (N, K) and b (N,) (or undefined) float32 on the CPU, no gradient
-// wanted (grad mode off, or nothing requires grad) and no CPU autocast region.
+// Whether small_batch_linear serves this call: x (..., K) with at most kSmallBatchMaxRows rows,
+// W (N, K) and b (N,) (or undefined), all float32 on the CPU and holding real data (not traced
+// by torch.compile), no gradient wanted (grad mode off, or nothing requires grad) and no CPU
+// autocast region.
 bool small_batch_linear_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // at::linear(x, weight, bias) where small_batch_linear_applies (checked: a clear error otherwise).
