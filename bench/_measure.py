@@ -194,6 +194,13 @@ def render_chart(json_path) -> None:
         print(f"chart of {json_path} not drawn: matplotlib is not installed (bash scripts/plot.sh --help installs "
               "it into .venv; then python bench/plot_results.py)", file=sys.stderr)
         return
+    import json
+
+    if not isinstance(json.loads(Path(json_path).read_text()).get("results"), list):
+        # compile.json and distributed.json keep their results by name: their tables are the record
+        print(f"no chart for {json_path}: bench/plot_results.py draws a JSON whose 'results' is a list of rows",
+              file=sys.stderr)
+        return
     from plot_results import render
 
     print(f"chart: {render(json_path)}", file=sys.stderr)
