@@ -21,7 +21,7 @@ import platform
 import sys
 from pathlib import Path
 
-from _measure import bench_parser
+from _measure import WATCH, bench_parser, load_note  # WATCH starts now
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ["arwrap", "arwrap_inplace", "eager", "x_transformers", "torch_compile"]
@@ -168,7 +168,7 @@ def main():
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "repeats": args.repeats}
     lines = [f"float32, {args.threads} threads, {args.ignore_frac:.0%} ignored targets, median of {args.repeats}, "
-             f"torch {env['torch']}, THP_MEM_ALLOC_ENABLE={env['THP_MEM_ALLOC_ENABLE']}", "",
+             f"torch {env['torch']}, THP_MEM_ALLOC_ENABLE={env['THP_MEM_ALLOC_ENABLE']}. {load_note(WATCH)}", "",
              "| rows x V | contender | fwd+bwd ms | vs eager | vs x-transformers | peak extra MB | extra / logits | loss rel. err |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for shape in args.shapes.split(","):
@@ -188,7 +188,7 @@ def main():
                 f"{r['peak_extra_bytes'] / r['logits_bytes']:.1%} | {r['loss_rel_err']:.1e} |")
         floor_t = next((r["floor_time_s"] for r in rs.values() if "floor_time_s" in r), None)
         if floor_t is not None:
-            lines.append(f"| {rows}x{V} | floor: read + write logits in place | {floor_t * 1e3:.1f} | | | | | |")
+            lines.append(f"| {rows}x{V} | floor: read + write logits in place | {floor_t * 1e3:.3g} | | | | | |")
     write_results(args.out, lines, {"env": env, "results": results, "floor_labels": FLOOR_LABELS})
 
 
