@@ -39,11 +39,14 @@ class CpuWatch:
         return max(0.0, busy - own) / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
+QUIET_SHARE = 0.05  # below this share of the CPU taken by other jobs, a run counts as on a quiet machine
+
+
 def load_note(watch: "CpuWatch") -> str:
     """One sentence on how busy the machine was while the benchmark ran (CpuWatch)."""
     share = watch.others_share()
-    verdict = ("a quiet machine" if share < 0.05 else "shared with other jobs: absolute times are noisy, ratios within "
-               "one process (round-robin) are fair")
+    verdict = ("a quiet machine" if share < QUIET_SHARE else
+               "shared with other jobs: absolute times are noisy, ratios within one process (round-robin) are fair")
     return f"Other jobs used {share:.0%} of the {os.cpu_count()} cores while it ran ({verdict})."
 
 

@@ -62,7 +62,7 @@ def child(args):
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _measure import step_child
+    from _measure import median_time, step_child
 
     torch.set_num_threads(args.threads)
     if args.measure == "generate":
@@ -78,10 +78,7 @@ def child(args):
         weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
         big = torch.randn(64 * 2**20)  # 256 MiB: not in any cache
         big.sum()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            big.sum()
-        bandwidth = 3 * big.numel() * 4 / (time.perf_counter() - t0)
+        bandwidth = big.numel() * 4 / median_time(big.sum, 3)
         out["floor"] = {"tokens_per_s": bandwidth / weight_bytes, "weight_bytes": weight_bytes,
                         "read_bytes_per_s": bandwidth}
         tokens = {}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -287,6 +286,8 @@ def load_line(configs, results, trainer):
     """How much of the machine other jobs used while each part ran (bench/_measure.py's CpuWatch)."""
     import os
 
+    from _measure import QUIET_SHARE
+
     def fmt(r):
         if r.get("others_cpu_share") is not None:
             return f"{r['others_cpu_share']:.0%}"
@@ -296,8 +297,8 @@ def load_line(configs, results, trainer):
     if trainer:
         parts.append(f"trainer {fmt(next((r for r in trainer.values() if isinstance(r, dict)), {}))}")
     return (f"Share of the {os.cpu_count()} cores other jobs used while each part ran (/proc/stat less the "
-            f"benchmark's own processes): {', '.join(parts)} (under 5%: a quiet machine; above: absolute times "
-            "noisy, ratios within one configuration, one process round-robin, fair).")
+            f"benchmark's own processes): {', '.join(parts)} (under {QUIET_SHARE:.0%}: a quiet machine; above: "
+            "absolute times noisy, ratios within one configuration, one process round-robin, fair).")
 
 
 def tables(configs, results, threads, repeats, trainer, commands=()):
@@ -422,17 +423,19 @@ def main():
                 mem = run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",))
                 r["peak_extra_bytes"] = mem.get("peak_extra_bytes", float("nan"))
             results.append(r)
+        share = watch.others_share()
         for r in results:
             if r["config"] == cfg:
-                r["others_cpu_share"] = watch.others_share()
+                r["others_cpu_share"] = share
         save()  # after every configuration: a long run that stops keeps what it measured
     if args.trainer:
         watch = CpuWatch()
         trainer = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
                                           "--threads", args.threads], measures=("trainer",))
+        share = watch.others_share()
         for r in trainer.values():
             if isinstance(r, dict):
-                r["others_cpu_share"] = watch.others_share()
+                r["others_cpu_share"] = share
     save()
 
 
