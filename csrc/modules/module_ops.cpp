@@ -13,6 +13,8 @@
 // they call (the fused linear cross-entropy, attention_lse, SDPA).
 #include <arwrap/transformer.h>
 
+#include "../ops/common.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -21,6 +23,8 @@
 
 namespace arwrap {
 namespace {
+
+using ops::or_empty;
 
 // Parsing is cheap but not free; configurations repeat, so keep them (a copy goes
 // out, so clearing the table never leaves a caller with a dangling reference).
@@ -35,10 +39,6 @@ TransformerWrapperOptions parsed(const std::string& config) {
     it = cache.emplace(config, std::move(o)).first;
   }
   return *it->second;
-}
-
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_wrapper_forward(

@@ -15,6 +15,11 @@
 
 namespace arwrap::ops {
 
+// Operators return an empty tensor for an output that was not asked for or not produced.
+inline at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
 enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
 
 // True when no two elements of t share memory, proven from its sizes and strides:

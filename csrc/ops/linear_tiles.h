@@ -15,11 +15,13 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
+#include "common.h"
 #include "low_precision_mm.h"
 
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <tuple>
 
 namespace arwrap::ops {
 
@@ -79,9 +81,12 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
   return g;
 }
 
-// Operators return an empty tensor for a gradient that was not asked for.
-inline at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
+// An operator's three gradient outputs: hidden's in hidden's shape, and an empty tensor for
+// each one that was not asked for (or_empty).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_outputs(const LinearGrads& g, const at::Tensor& hidden,
+                                                                   const at::Tensor& weight) {
+  const at::Tensor gh = g.hidden.defined() ? g.hidden.view(hidden.sizes()) : g.hidden;
+  return {or_empty(gh, hidden), or_empty(g.weight, weight), or_empty(g.bias, weight)};
 }
 
 }  // namespace arwrap::ops

@@ -67,8 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
     for (double v : r.loss_rows) total += v;
     write_rows(out.loss, {total * c});
   }
-  const at::Tensor gh = r.grads.hidden.defined() ? r.grads.hidden.view(hidden.sizes()) : r.grads.hidden;
-  return {out.loss, out.lse, or_empty(gh, hidden), or_empty(r.grads.weight, weight), or_empty(r.grads.bias, weight)};
+  const auto [gh, gw, gb] = grad_outputs(r.grads, hidden, weight);
+  return {out.loss, out.lse, gh, gw, gb};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
@@ -91,8 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu
   Result r = run_tiles(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, scale,
                        kind == Reduction::None ? grad_loss_rows.data() : nullptr, glse.empty() ? nullptr : glse.data(),
                        output_mask);
-  const at::Tensor gh = r.grads.hidden.defined() ? r.grads.hidden.view(hidden.sizes()) : r.grads.hidden;
-  return {or_empty(gh, hidden), or_empty(r.grads.weight, weight), or_empty(r.grads.bias, weight)};
+  return grad_outputs(r.grads, hidden, weight);
 }
 
 }  // namespace

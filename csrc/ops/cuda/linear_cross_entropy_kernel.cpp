@@ -84,9 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_g
     loss = o.loss_rows.sum();
     if (kind == Reduction::Mean) loss = loss / count.clamp_min(1);
   }
-  const at::Tensor gh = o.grads.hidden.defined() ? o.grads.hidden.view(hidden.sizes()) : o.grads.hidden;
-  return {loss, o.lse_rows.view(target.sizes()), or_empty(gh, hidden), or_empty(o.grads.weight, weight),
-          or_empty(o.grads.bias, weight)};
+  const auto [gh, gw, gb] = grad_outputs(o.grads, hidden, weight);
+  return {loss, o.lse_rows.view(target.sizes()), gh, gw, gb};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_generic(
@@ -113,8 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_generic(
   if (grad_lse.has_value() && grad_lse->defined()) glse = grad_lse->reshape({-1}).to(ld);
   Out o = run(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, row_c.contiguous(), glse,
               output_mask);
-  const at::Tensor gh = o.grads.hidden.defined() ? o.grads.hidden.view(hidden.sizes()) : o.grads.hidden;
-  return {or_empty(gh, hidden), or_empty(o.grads.weight, weight), or_empty(o.grads.bias, weight)};
+  return grad_outputs(o.grads, hidden, weight);
 }
 
 }  // namespace
