@@ -111,6 +111,21 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     mk = k.size(2);
   }
   at::Tensor a;
+  if (h.device().is_cpu() && ctx.dropout == 0.0) {
+    // every path of the net is causal: row i sees keys j <= i + (mk - m), the key mask and the
+    // left padding through visible_keys
+    const auto options = AttentionOptions()
+                             .key_mask(ctx.visible_keys.defined() ? std::optional<at::Tensor>(ctx.visible_keys)
+                                                                  : std::nullopt)
+                             .scale(ctx.scale)
+                             .causal(true);
+    if (lse) {
+      std::tie(a, *lse) = arwrap::attention_with_lse(q, k, v, options);
+    } else {
+      a = arwrap::attention(q, k, v, options);
+    }
+    return project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+  }
   if (ctx.pad_bias.defined()) {
     a = at::scaled_dot_product_attention(q, k, v, ctx.pad_bias, ctx.dropout, false, ctx.scale);
   } else if (mk == m) {

@@ -52,15 +52,20 @@ struct AttentionContext {
   // left-padded prompts (NetInputs::seq_start_pos): (b, 1, m, keys) added to the scores, a large
   // finite negative before each row's start (and above the diagonal), or undefined
   at::Tensor pad_bias;
+  // the keys each batch row may see, for the fused operator (arwrap::attention): (b, keys) bool,
+  // the key mask and the left padding together, or undefined when every key is visible
+  at::Tensor visible_keys;
   Rotary rotary;                        // undefined tensors without rotary embeddings
   double scale = 1.0;
   double dropout = 0.0;
 };
 
 // The attention block on the normed input h (b, m, dim): q, k, v projections,
-// qk-norm, rotary, causal SDPA (over the cached keys too when k_cache/v_cache are
+// qk-norm, rotary, causal attention (over the cached keys too when k_cache/v_cache are
 // given: they are extended in place), the output projection. With lse, also the
-// attention's log-sum-exp per query (b, heads, m) for the z-loss (arwrap::attention_lse).
+// attention's log-sum-exp per query (b, heads, m) for the z-loss. On the CPU the attention
+// is the fused operator arwrap::attention, whose one pass gives the lse too; with dropout
+// in training, and on CUDA, at::scaled_dot_product_attention and arwrap::attention_lse.
 at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
 

@@ -67,6 +67,7 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
     const at::Tensor c = at::ones({m, m}, ctx.key_mask.options()).tril();
     ctx.sdpa_mask = c.unsqueeze(0).unsqueeze(0).logical_and(ctx.key_mask.unsqueeze(1).unsqueeze(1));  // (b, 1, m, m)
     ctx.causal = false;
+    ctx.visible_keys = ctx.key_mask;
   }
   // Left-padded prompts (generate's prompt_lens): keys before seq_start_pos are masked with a large
   // finite negative, as x-transformers does, so a row that sees only padding stays finite.
@@ -78,6 +79,7 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
         at::arange(keys, tokens.options()).unsqueeze(0).ge(in.seq_start_pos.to(at::kLong).unsqueeze(1));
     at::Tensor allowed = at::ones({m, keys}, kept.options()).tril(before).unsqueeze(0).logical_and(kept.unsqueeze(1));
     if (ctx.key_mask.defined()) allowed = allowed.logical_and(ctx.key_mask.unsqueeze(1));
+    ctx.visible_keys = ctx.key_mask.defined() ? kept.logical_and(ctx.key_mask) : kept;
     const double neg = x.scalar_type() == at::kHalf ? -65504.0 : -1e30;
     ctx.pad_bias = at::zeros(allowed.sizes(), x.options()).masked_fill(allowed.logical_not(), neg).unsqueeze(1);
   }

@@ -71,6 +71,15 @@ std::tuple<at::Tensor, at::Tensor> attention_lse_backward(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& key_mask, double scale,
                                                           bool causal, const at::Tensor& lse);
 
+// ---- attention.cpp (scale: none means dim_head ** -0.5; the backward takes it resolved)
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             const std::optional<at::Tensor>& key_mask, std::optional<double> scale,
+                                             bool causal);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
+    double scale, bool causal);
+
 // ---- scale_grad.cpp (internal: grad *= scale in place unless scale is 1, scale read
 // where it lives; the fused backwards of cross_entropy and linear_cross_entropy)
 void scale_grad_(const at::Tensor& grad, const at::Tensor& scale);

@@ -10,7 +10,7 @@ import os
 import torch  # noqa: F401  (libtorch must be loaded before our library)
 
 from . import _C
-from .ops import attention_lse, cross_entropy, linear_cross_entropy, shift_tokens
+from .ops import attention, attention_lse, cross_entropy, linear_cross_entropy, shift_tokens
 from .transformer import Decoder, TransformerWrapper
 from .wrapper import AutoregressiveWrapper
 from . import checkpoint  # noqa: E402  (checkpoints shared with the C++ trainer)
@@ -48,6 +48,7 @@ __all__ = [
     "save_checkpoint",
     "shift_tokens",
     "cross_entropy",
+    "attention",
     "attention_lse",
     "linear_cross_entropy",
     "cmake_prefix_path",

@@ -160,3 +160,32 @@ def attention_lse(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return torch.ops.arwrap.attention_lse(q, k, key_mask, float(scale), bool(causal))
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    key_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Scaled dot-product attention, fused on the CPU (flash-style: the scores never exist whole).
+
+    ``q`` ``(b, h, m, dh)``, ``k`` and ``v`` ``(b, h, n, dh)`` with ``m <= n``. Row ``i``
+    sees key ``j`` where ``key_mask[b, j]`` is ``True`` (``(b, n)`` bool; none: every key)
+    and, with ``causal``, ``j <= i + (n - m)``: the training step and a key/value cache
+    prefill are one call. ``scale`` defaults to ``dh ** -0.5``. float32 and bfloat16 run the
+    fused kernel (float32 softmax statistics and accumulation), float64 a plain reference
+    path. A row that sees no key gives zeros (and lse ``-inf``). With ``return_lse``, also
+    each row's log-sum-exp ``(b, h, m)`` in float32, differentiable: the attention z-loss
+    reads it from this one pass. Strided inputs (e.g. heads split off a projection by a
+    transpose) are read in place. No dropout: the native net keeps
+    ``scaled_dot_product_attention`` when ``attn_dropout > 0`` in training.
+    """
+    out, lse = torch.ops.arwrap.attention(q, k, v, key_mask, None if scale is None else float(scale), bool(causal))
+    if return_lse:
+        return out, lse
+    return out

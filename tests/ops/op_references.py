@@ -189,6 +189,60 @@ def sample_inputs_attention_lse(device, dtype=torch.float64):
         yield (q, k, mask, d**-0.5, causal)
 
 
+# ------------------------------------------------------------------ attention
+
+def attention_allowed(m, n, b, key_mask, causal, device):
+    """(b, 1, m, n) bool: row i sees key j (key_mask[b, j] and, if causal, j <= i + n - m)."""
+    allowed = torch.ones(m, n, dtype=torch.bool, device=device)
+    if causal:
+        allowed = allowed.tril(n - m)
+    allowed = allowed.expand(b, 1, m, n)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    return allowed
+
+
+def reference_attention(q, k, v, key_mask=None, scale=None, causal=True):
+    """float64 attention on the full score matrix: (out, lse); a row that sees no key gives
+    zeros and lse -inf (with zero gradients)."""
+    qd, kd, vd = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (qd @ kd.transpose(-1, -2)) * scale
+    allowed = attention_allowed(q.shape[-2], k.shape[-2], q.shape[0], key_mask, causal, q.device)
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = s.logsumexp(-1)
+    safe = torch.where(lse.isneginf(), torch.zeros_like(lse), lse)
+    p = (s - safe.unsqueeze(-1)).exp()
+    return p @ vd, lse
+
+
+def sample_inputs_attention(device, dtype=torch.float64):
+    """(q, k, v, key_mask, scale, causal): odd shapes (m != n, m = 1, n not a multiple of a
+    block), strided q/k/v (heads split off a projection), a key mask with one valid key."""
+    g = torch.Generator().manual_seed(0)
+
+    def heads(b, h, n, d, strided):
+        if strided:  # (b, n, h * d) -> (b, h, n, d) by a view and a transpose, as the net does
+            x = torch.randn(b, n, h * d, generator=g, dtype=torch.float64).to(device, dtype)
+            return x.view(b, n, h, d).transpose(1, 2).detach().requires_grad_(True)
+        return torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+
+    for b, h, m, n, d, masked, scale, causal, strided in [
+        (2, 3, 5, 7, 16, True, None, True, False),
+        (1, 2, 9, 9, 32, False, 0.3, False, True),
+        (3, 1, 1, 6, 16, False, None, True, False),  # one new position against a cache
+        (1, 2, 70, 70, 17, True, None, True, True),  # more rows than one block, an odd head dim
+    ]:
+        q, k, v = heads(b, h, m, d, strided), heads(b, h, n, d, strided), heads(b, h, n, d, strided)
+        mask = None
+        if masked:
+            mask = torch.rand(b, n, generator=g) > 0.5
+            mask[:, 0] = True  # every row sees at least one key
+            mask[-1, 1:] = False  # and the last batch row only that one
+            mask = mask.to(device)
+        yield (q, k, v, mask, scale, causal)
+
+
 # ------------------------------------------------------------------ the registry
 # operator -> (its reference, its sample_inputs, the dtype of the samples opcheck runs); the
 # checks every operator gets (test_op_samples.py) run over this table
@@ -197,4 +251,5 @@ OPERATORS = {
     "cross_entropy": (reference_cross_entropy, sample_inputs_cross_entropy, torch.float32),
     "linear_cross_entropy": (reference_linear_cross_entropy, sample_inputs_linear_cross_entropy, torch.float32),
     "attention_lse": (reference_attention_lse, sample_inputs_attention_lse, torch.float32),
+    "attention": (reference_attention, sample_inputs_attention, torch.float32),
 }

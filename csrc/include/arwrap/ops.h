@@ -116,6 +116,28 @@ struct AttentionLseOptions {
 // mean square of its sum over layers.
 at::Tensor attention_lse(const at::Tensor& q, const at::Tensor& k, const AttentionLseOptions& options = {});
 
+// -------------------------------------------------------------------- attention
+
+struct AttentionOptions {
+  // Keys each query may see: (batch, keys) bool, true = visible; none: all keys.
+  TORCH_ARG(std::optional<at::Tensor>, key_mask) = std::nullopt;
+  // Score scale; none: dim_head ** -0.5.
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
+  // Row i sees keys j <= i + (keys - queries): the training step and a cache prefill alike.
+  TORCH_ARG(bool, causal) = true;
+};
+
+// Scaled dot-product attention, q (b, h, m, dh), k and v (b, h, n, dh), m <= n; float32,
+// bfloat16 (fused flash-style kernel on the CPU: float32 statistics and accumulation) or
+// float64 (reference path). Differentiable in q, k and v. A row that sees no key gives 0.
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const AttentionOptions& options = {});
+
+// Same, also returning each row's log-sum-exp (b, h, m) in float32 (float64 for float64
+// inputs), differentiable: the attention z-loss reads it from this one pass.
+std::tuple<at::Tensor, at::Tensor> attention_with_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const AttentionOptions& options = {});
+
 // True when libarwrap was built with its CUDA kernels.
 bool built_with_cuda();
 

@@ -32,7 +32,16 @@ namespace {
   Kernels{&ns::max_of, &ns::sum_of, &ns::sum_exp, &ns::grad_affine, &ns::exp_store, &ns::scale_affine, &ns::dot, name}
 
 Kernels pick() {
-  // ARWRAP_CPU_ISA=avx512|avx2|base forces a choice (for tests and benchmarks).
+  switch (isa()) {
+#if defined(__x86_64__)
+    case Isa::Avx512: return ARWRAP_KERNELS(avx512, "avx512");
+    case Isa::Avx2: return ARWRAP_KERNELS(avx2, "avx2");
+#endif
+    default: return ARWRAP_KERNELS(base, "base");
+  }
+}
+
+Isa detect() {
   const char* forced = std::getenv("ARWRAP_CPU_ISA");
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -40,19 +49,24 @@ Kernels pick() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (forced != nullptr) {
-    if (std::strcmp(forced, "avx512") == 0 && has512) return ARWRAP_KERNELS(avx512, "avx512");
-    if (std::strcmp(forced, "avx2") == 0 && has2) return ARWRAP_KERNELS(avx2, "avx2");
-    if (std::strcmp(forced, "base") == 0) return ARWRAP_KERNELS(base, "base");
+    if (std::strcmp(forced, "avx512") == 0 && has512) return Isa::Avx512;
+    if (std::strcmp(forced, "avx2") == 0 && has2) return Isa::Avx2;
+    if (std::strcmp(forced, "base") == 0) return Isa::Base;
   }
-  if (has512) return ARWRAP_KERNELS(avx512, "avx512");
-  if (has2) return ARWRAP_KERNELS(avx2, "avx2");
+  if (has512) return Isa::Avx512;
+  if (has2) return Isa::Avx2;
 #else
   (void)forced;
 #endif
-  return ARWRAP_KERNELS(base, "base");
+  return Isa::Base;
 }
 
 }  // namespace
+
+Isa isa() {
+  static const Isa chosen = detect();
+  return chosen;
+}
 
 const Kernels& kernels() {
   static const Kernels k = pick();

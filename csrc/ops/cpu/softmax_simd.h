@@ -5,6 +5,12 @@
 
 namespace arwrap::ops::cpu::simd {
 
+// The widest instruction set this CPU has, chosen once for every per-ISA kernel set (these
+// row primitives and the fused attention, attention_simd.h). ARWRAP_CPU_ISA=avx512|avx2|base
+// forces a choice the CPU supports (for tests and benchmarks).
+enum class Isa { Base, Avx2, Avx512 };
+Isa isa();
+
 struct Kernels {
   float (*max_of)(const float* x, long n);
   float (*sum_of)(const float* x, long n);

@@ -1,0 +1,111 @@
+// CPU kernels of attention and attention_backward: float32 and bfloat16 through the fused
+// flash-style kernel (attention_simd.inc: the math, the blocking and the memory traffic), one
+// (batch, head) per task of at::parallel_for, so the bits do not depend on the thread count;
+// float64 and float16 through the plain ATen reference path (../attention_math.h).
+// q, k, v, out and dout are read through their strides (no .contiguous() copies).
+#include "../attention_args.h"
+#include "../attention_math.h"
+#include "attention_simd.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+namespace arwrap::ops::cpu {
+namespace {
+
+bool fused(const at::Tensor& q) { return q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16; }
+
+// One (batch, head)'s matrix of a (b, h, rows, d) tensor.
+attn::Matrix head(const at::Tensor& t, int64_t b, int64_t h) {
+  const char* base = static_cast<const char*>(t.const_data_ptr()) + (b * t.stride(0) + h * t.stride(1)) * t.element_size();
+  return {base, t.stride(2), t.stride(3)};
+}
+attn::MutMatrix mut_head(const at::Tensor& t, int64_t b, int64_t h) {
+  char* base = static_cast<char*>(t.data_ptr()) + (b * t.stride(0) + h * t.stride(1)) * t.element_size();
+  return {base, t.stride(2), t.stride(3)};
+}
+
+// (b, n) float32: 0 where a key is visible, -inf where key_mask hides it; undefined without a mask.
+at::Tensor key_bias(const std::optional<at::Tensor>& key_mask) {
+  if (!key_mask.has_value() || !key_mask->defined()) return {};
+  return at::zeros(key_mask->sizes(), key_mask->options().dtype(at::kFloat))
+      .masked_fill_(key_mask->logical_not(), -std::numeric_limits<float>::infinity())
+      .contiguous();
+}
+
+attn::Problem problem(const at::Tensor& q, const AttentionShape& s, double scale, bool causal) {
+  return {q.scalar_type() == at::kFloat ? attn::Dtype::Float : attn::Dtype::BFloat16, s.m, s.n, s.d,
+          static_cast<float>(scale), causal, nullptr};
+}
+
+// Runs fn(problem, b, h, scratch) for every (batch, head), split over the threads by heads.
+template <class Fn>
+void for_each_head(const AttentionShape& s, attn::Problem p, const at::Tensor& bias, size_t scratch_floats,
+                   const Fn& fn) {
+  at::parallel_for(0, s.b * s.h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_floats);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / s.h, h = bh % s.h;
+      attn::Problem ph = p;
+      ph.key_bias = bias.defined() ? bias.const_data_ptr<float>() + b * s.n : nullptr;
+      fn(ph, b, h, scratch.data());
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const std::optional<at::Tensor>& key_mask,
+                                                 std::optional<double> scale_opt, bool causal) {
+  const double scale = attention_scale(q, scale_opt);
+  if (!fused(q)) return math::forward(q, k, v, key_mask, scale, causal);
+  const AttentionShape s = check_attention_args("attention", q, k, v, key_mask);
+  auto [out, lse] = alloc_attention_outputs(q, s);
+  if (out.numel() == 0) return {out, lse.fill_(-std::numeric_limits<float>::infinity())};
+  const auto& K = attn::kernels();
+  const at::Tensor bias = key_bias(key_mask);
+  float* lse_data = lse.data_ptr<float>();
+  for_each_head(s, problem(q, s, scale, causal), bias, K.forward_scratch(s.m, s.n, s.d),
+                [&](const attn::Problem& p, int64_t b, int64_t h, float* scratch) {
+                  K.forward(p, head(q, b, h), head(k, b, h), head(v, b, h), mut_head(out, b, h),
+                            lse_data + (b * s.h + h) * s.m, scratch);
+                });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
+    double scale, bool causal) {
+  if (!fused(q)) return math::backward(grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal);
+  const AttentionShape s = check_attention_args("attention_backward", q, k, v, key_mask);
+  check_attention_backward_args(grad_out, grad_lse, out, lse, s);
+  TORCH_CHECK_VALUE(grad_out.scalar_type() == q.scalar_type(), "attention_backward: grad_out must be ",
+                    q.scalar_type(), ", got ", grad_out.scalar_type());
+  auto [dq, dk, dv] = alloc_attention_grads(q, s);
+  if (s.m == 0) return {dq, dk.zero_(), dv.zero_()};
+  if (q.numel() == 0) return {dq, dk, dv};
+  const auto& K = attn::kernels();
+  const at::Tensor bias = key_bias(key_mask);
+  const at::Tensor L = lse.to(at::kFloat).contiguous();
+  const at::Tensor G = grad_lse.has_value() && grad_lse->defined() ? grad_lse->to(at::kFloat).contiguous() : at::Tensor();
+  for_each_head(s, problem(q, s, scale, causal), bias, K.backward_scratch(s.m, s.n, s.d),
+                [&](const attn::Problem& p, int64_t b, int64_t h, float* scratch) {
+                  const int64_t row = (b * s.h + h) * s.m;
+                  K.backward(p, head(q, b, h), head(k, b, h), head(v, b, h), head(out, b, h), head(grad_out, b, h),
+                             L.const_data_ptr<float>() + row, G.defined() ? G.const_data_ptr<float>() + row : nullptr,
+                             mut_head(dq, b, h), mut_head(dk, b, h), mut_head(dv, b, h), scratch);
+                });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arwrap, CPU, m) {
+  m.impl("attention", &attention_cpu);
+  m.impl("attention_backward", &attention_backward_cpu);
+}
+
+}  // namespace arwrap::ops::cpu
