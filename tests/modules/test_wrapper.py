@@ -224,7 +224,8 @@ def test_documented_usage_training_step():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0] - 0.05, losses
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match="sequence length of 1025 but your absolute positional embedding has a "
+                                             "max sequence length of 1024"):
         XTWrapper(model.net)(x)
 
 
