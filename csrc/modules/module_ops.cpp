@@ -12,6 +12,7 @@
 // CompositeImplicitAutograd: autograd flows through the ATen and arwrap operators
 // they call (the fused linear cross-entropy, attention_lse, SDPA).
 #include <arwrap/transformer.h>
+#include <arwrap/wrapper.h>
 
 #include "../ops/common.h"
 
@@ -91,12 +92,14 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
       "Tensor? prepend_embeds=None, Tensor? self_attn_kv_mask=None, bool return_embeddings=False, "
       "bool return_attn_z_loss=False, bool return_next_embed_pred=False) -> (Tensor, Tensor, Tensor, Tensor)",
       TORCH_FN(transformer_wrapper_forward));  // CompositeImplicitAutograd, as the one below
-  m.def(
-      "autoregressive_wrapper_loss(Tensor x, Tensor[] weights, str config, bool training, int ignore_index=-100, "
-      "int pad_value=0, float mask_prob=0., int? mask_token_id=None, bool add_attn_z_loss=False, "
-      "float next_embed_loss_weight=0.1, Tensor? lens=None, Tensor? prepend_embeds=None, Tensor? mask_noise=None, "
-      "Generator? generator=None, bool return_outputs=False) -> (Tensor, Tensor)",
-      TORCH_FN(autoregressive_wrapper_loss));
+  // the wrapper options' defaults from ARWrapperOptions' table (written once, in wrapper.h)
+  static const std::string schema =
+      "autoregressive_wrapper_loss(Tensor x, Tensor[] weights, str config, bool training, " +
+      schema_arguments(wrapper_fields(), {"ignore_index", "pad_value", "mask_prob", "mask_token_id", "add_attn_z_loss",
+                                          "next_embed_loss_weight"}) +
+      ", Tensor? lens=None, Tensor? prepend_embeds=None, Tensor? mask_noise=None, Generator? generator=None, "
+      "bool return_outputs=False) -> (Tensor, Tensor)";
+  m.def(schema.c_str(), TORCH_FN(autoregressive_wrapper_loss));
 }
 
 }  // namespace arwrap

@@ -28,6 +28,22 @@ void ARWrapperOptions::validate() const {
                     looped_exit_loss_weight());
 }
 
+std::vector<OptionField> wrapper_fields() {
+  const ARWrapperOptions d;
+  return {
+      {"ignore_index", "int", option_literal(d.ignore_index())},
+      {"pad_value", "int", option_literal(d.pad_value())},
+      {"mask_prob", "float", option_literal(d.mask_prob())},
+      {"mask_token_id", "int?", option_literal(d.mask_token_id())},
+      {"add_attn_z_loss", "bool", option_literal(d.add_attn_z_loss())},
+      {"next_embed_loss_weight", "float", option_literal(d.next_embed_loss_weight())},
+      {"looped_loss_threshold_exit", "float", option_literal(d.looped_loss_threshold_exit())},
+      {"looped_loss_slope", "float", option_literal(d.looped_loss_slope())},
+      {"looped_exit_loss_weight", "float", option_literal(d.looped_exit_loss_weight())},
+      {"fused_head", "bool", option_literal(d.fused_head())},
+  };
+}
+
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module,
                              ARWrapperOptions options_)
     : ARWrapperImpl(std::move(net), std::move(options_)) {

@@ -13,8 +13,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import _C
-from .transformer import ScriptedAutoregressiveWrapper, TransformerWrapper
+from . import _C, bridge
+from .options import defaults
+from .scripted import ScriptedAutoregressiveWrapper
+from .transformer import BEAM_SEARCH_DEFAULTS, GENERATE_DEFAULTS, TransformerWrapper
+
+# ARWrapperOptions' defaults, from its C++ table (_C.wrapper_fields())
+WRAPPER_DEFAULTS = defaults(_C.wrapper_fields())
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -46,20 +51,22 @@ class AutoregressiveWrapper(nn.Module):
     a continuous head, a custom head), it falls back to the logits with a one-line warning.
     """
 
+    _arwrap_dropin = True  # bridge.py tells this class (and subclasses) from x-transformers' own by it
+
     def __init__(
         self,
         net: nn.Module,
-        ignore_index: int = -100,
-        pad_value: int = 0,
-        mask_prob: float = 0.0,
-        add_attn_z_loss: bool = False,
-        next_embed_loss_weight: float = 0.1,
-        looped_loss_threshold_exit: float = 0.05,
-        looped_loss_slope: float = 50,
-        looped_exit_loss_weight: float = 1.0,
+        ignore_index: int = WRAPPER_DEFAULTS["ignore_index"],
+        pad_value: int = WRAPPER_DEFAULTS["pad_value"],
+        mask_prob: float = WRAPPER_DEFAULTS["mask_prob"],
+        add_attn_z_loss: bool = WRAPPER_DEFAULTS["add_attn_z_loss"],
+        next_embed_loss_weight: float = WRAPPER_DEFAULTS["next_embed_loss_weight"],
+        looped_loss_threshold_exit: float = WRAPPER_DEFAULTS["looped_loss_threshold_exit"],
+        looped_loss_slope: float = WRAPPER_DEFAULTS["looped_loss_slope"],
+        looped_exit_loss_weight: float = WRAPPER_DEFAULTS["looped_exit_loss_weight"],
         *,
-        mask_token_id: Optional[int] = None,
-        fused_head: bool = False,
+        mask_token_id: Optional[int] = WRAPPER_DEFAULTS["mask_token_id"],
+        fused_head: bool = WRAPPER_DEFAULTS["fused_head"],
     ):
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -294,38 +301,63 @@ class AutoregressiveWrapper(nn.Module):
                 raise ValueError(f"AutoregressiveWrapper: prepend_mask must be (batch, prepend_len) = "
                                  f"{tuple(prepend_embeds.shape[:2])}, got {shape}")
 
-    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
-                 prompt_lens: Optional[Tensor] = None, filter_logits_fn="top_k", restrict_to_max_seq_len: bool = True,
-                 amateur_model=None, filter_kwargs: Optional[dict] = None, contrastive_decode_kwargs=None,
-                 cache_kv: bool = True, return_intermediates: bool = False, **kwargs):
+    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None,
+                 temperature: float = GENERATE_DEFAULTS["temperature"], prompt_lens: Optional[Tensor] = None,
+                 filter_logits_fn=GENERATE_DEFAULTS["filter_logits_fn"],
+                 restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"], amateur_model=None,
+                 filter_kwargs: Optional[dict] = None, contrastive_decode_kwargs=None,
+                 cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], return_intermediates: bool = False, **kwargs):
         """x-transformers' ``generate`` (2.31.10, every argument): the ``seq_len`` tokens after ``prompts``.
 
-        With the native net it runs in C++ (``arwrap::generate``; see ``dropin.generate_native``;
-        extra keyword: ``generator``). With any other net it is x-transformers' own code, reached
-        through its defining module (never through a name a user may have replaced).
+        With the native net it is the net's own (``arwrap_cpp.TransformerWrapper.generate``, in
+        C++; extra keyword: ``generator``). With any other net it is x-transformers' own code
+        (bridge.py), reached through its defining module (never through a name a user may have
+        replaced).
         """
-        from . import dropin
-        run = dropin.generate_native if self._native else dropin.generate_x_transformers
-        return run(self, prompts, seq_len, eos_token=eos_token, temperature=temperature, prompt_lens=prompt_lens,
-                   filter_logits_fn=filter_logits_fn, restrict_to_max_seq_len=restrict_to_max_seq_len,
-                   amateur_model=amateur_model, filter_kwargs=filter_kwargs,
-                   contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
-                   return_intermediates=return_intermediates, **kwargs)
+        where = "AutoregressiveWrapper.generate"
+        if not self._native:
+            return bridge.generate(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                   prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
+                                   restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
+                                   filter_kwargs=filter_kwargs, contrastive_decode_kwargs=contrastive_decode_kwargs,
+                                   cache_kv=cache_kv, return_intermediates=return_intermediates, **kwargs)
+        generator = kwargs.pop("generator", None)
+        if kwargs:
+            raise ValueError(f"{where}: the native net takes no extra keyword arguments, got {sorted(kwargs)}")
+        if return_intermediates:
+            raise ValueError(f"{where}: return_intermediates=True returns x-transformers' LayerIntermediates cache, "
+                             "which the native net (whose cache lives in C++) does not have")
+        return self.net.generate(prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                 filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs, cache_kv=cache_kv,
+                                 pad_value=self.pad_value, generator=generator, prompt_lens=prompt_lens,
+                                 restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
+                                 contrastive_decode_kwargs=contrastive_decode_kwargs, where=where)
 
-    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
-                    eos_token: Optional[int] = None, temperature: float = 1.0, stochastic: bool = False,
-                    prompt_lens: Optional[Tensor] = None, filter_logits_fn=None, restrict_to_max_seq_len: bool = True,
-                    filter_kwargs: Optional[dict] = None, cache_kv: bool = True, **kwargs):
+    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = BEAM_SEARCH_DEFAULTS["beams"],
+                    return_beams_and_scores: bool = False, eos_token: Optional[int] = None,
+                    temperature: float = GENERATE_DEFAULTS["temperature"],
+                    stochastic: bool = BEAM_SEARCH_DEFAULTS["stochastic"], prompt_lens: Optional[Tensor] = None,
+                    filter_logits_fn=None,
+                    restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"],
+                    filter_kwargs: Optional[dict] = None, cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], **kwargs):
         """x-transformers' ``beam_search`` (2.31.10, every argument). Returns the best beam
         ``(batch, seq_len)``, or ``(beams (beams, batch, seq_len), scores (beams, batch))`` with
-        ``return_beams_and_scores``. The native net runs it in C++ (``arwrap::beam_search``, with
-        the key/value cache); any other net runs x-transformers' own code."""
-        from . import dropin
-        return dropin.beam_search(self, prompts, seq_len, beams=beams, return_beams_and_scores=return_beams_and_scores,
-                                  eos_token=eos_token, temperature=temperature, stochastic=stochastic,
-                                  prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
-                                  restrict_to_max_seq_len=restrict_to_max_seq_len, filter_kwargs=filter_kwargs,
-                                  cache_kv=cache_kv, **kwargs)
+        ``return_beams_and_scores``. The native net runs its own (``arwrap_cpp.TransformerWrapper.beam_search``,
+        in C++ with the key/value cache; extra keyword: ``generator``); any other net runs x-transformers' own code."""
+        where = "AutoregressiveWrapper.beam_search"
+        if not self._native:
+            return bridge.beam_search(self, prompts, seq_len, beams=beams,
+                                      return_beams_and_scores=return_beams_and_scores, eos_token=eos_token,
+                                      temperature=temperature, stochastic=stochastic, prompt_lens=prompt_lens,
+                                      filter_logits_fn=filter_logits_fn,
+                                      restrict_to_max_seq_len=restrict_to_max_seq_len, filter_kwargs=filter_kwargs,
+                                      cache_kv=cache_kv, **kwargs)
+        generator = kwargs.pop("generator", None)
+        if kwargs:
+            raise ValueError(f"{where}: the native net takes no extra keyword arguments, got {sorted(kwargs)}")
+        return self.net.beam_search(prompts, seq_len, beams, return_beams_and_scores, eos_token, temperature,
+                                    stochastic, prompt_lens, filter_logits_fn, restrict_to_max_seq_len, filter_kwargs,
+                                    cache_kv, pad_value=self.pad_value, generator=generator, where=where)
 
     def to_torchscript(self, path: Optional[str] = None) -> torch.jit.ScriptModule:
         """The native net and this wrapper as a TorchScript module (``forward(x) -> loss``,

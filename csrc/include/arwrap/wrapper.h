@@ -8,7 +8,9 @@
 // (TorchScriptNet, here) and a Python module (in the Python bindings).
 #pragma once
 
+#include <arwrap/defaults.h>
 #include <arwrap/ops.h>
+#include <arwrap/option_fields.h>
 
 #include <ATen/core/ivalue.h>
 #include <torch/arg.h>
@@ -96,17 +98,17 @@ class TorchScriptNet : public Net {
 };
 
 struct ARWrapperOptions {
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   TORCH_ARG(int64_t, pad_value) = 0;
   // key masking (x-transformers' self_attn_kv_mask), or token replacement with mask_token_id
   TORCH_ARG(double, mask_prob) = 0.0;
   TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
   TORCH_ARG(bool, add_attn_z_loss) = false;
-  TORCH_ARG(double, next_embed_loss_weight) = 0.1;
+  TORCH_ARG(double, next_embed_loss_weight) = defaults::next_embed_loss_weight;
   // a looped net's exit-gate training (x-transformers' looped_* arguments)
-  TORCH_ARG(double, looped_loss_threshold_exit) = 0.05;
-  TORCH_ARG(double, looped_loss_slope) = 50.0;
-  TORCH_ARG(double, looped_exit_loss_weight) = 1.0;
+  TORCH_ARG(double, looped_loss_threshold_exit) = defaults::looped_loss_threshold_exit;
+  TORCH_ARG(double, looped_loss_slope) = defaults::looped_loss_slope;
+  TORCH_ARG(double, looped_exit_loss_weight) = defaults::looped_exit_loss_weight;
   // When the net exposes a linear head: take its final embeddings and compute the
   // loss with the fused linear cross-entropy, never materialising the logits
   // (not with return_outputs, which needs them).
@@ -117,6 +119,9 @@ struct ARWrapperOptions {
   // constructor calls it; Python's AutoregressiveWrapper too, at construction).
   void validate() const;
 };
+
+// ARWrapperOptions' table (option_fields.h): the fields and their defaults.
+std::vector<OptionField> wrapper_fields();
 
 struct ARForwardArgs {
   TORCH_ARG(std::optional<at::Tensor>, lens) = std::nullopt;            // (b,)
