@@ -137,6 +137,23 @@ struct AROutput {
   c10::IValue cache;  // the net's intermediates with return_outputs
 };
 
+// The part of the step before the net, written once: ARWrapperImpl::forward calls it, and so
+// does the Python wrapper under torch.compile (the operator autoregressive_wrapper_inputs).
+//   shift (and mask) the tokens -> narrow them to the n positions that predict (all n + 1 with
+//   `full`: the auxiliary losses score every position) -> the key mask (masking keys, unless
+//   mask_token_id replaces the tokens) -> prepend_embeds and its offset.
+struct StepInputs {
+  NetInputs net;             // tokens, self_attn_kv_mask, prepend_embeds (the return_* flags unset)
+  at::Tensor target;         // (b, n) int64
+  int64_t prepend_len = 0;   // positions prepend_embeds adds in front of the net's outputs
+};
+StepInputs prepare_step(const at::Tensor& x, const ARForwardArgs& args, const ARWrapperOptions& options, bool full);
+
+// The head the loss is fused with (the net's final embeddings, never the logits), or none:
+// when fused_head asks for it (or the net prefers it and has no continuous head), the net
+// exposes a linear head, the caller wants no logits back and the outputs are not log-probabilities.
+std::optional<LinearHead> fused_head_of(const Net& net, const ARWrapperOptions& options, bool return_outputs);
+
 class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
  public:
   ARWrapperImpl(std::shared_ptr<Net> net, ARWrapperOptions options = {});
