@@ -27,11 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import WATCH, load_note, round_robin, write_results  # noqa: E402  (WATCH starts now)
+from configs import CONFIGS as ALL_CONFIGS, HEADS  # noqa: E402
 
-CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1)
-    "B": (256, 256, 4, 8, 513),
-    "C": (32000, 512, 2, 4, 513),
-}
+CONFIGS = {name: ALL_CONFIGS[name] for name in ("B", "C")}  # name: (num_tokens, dim, depth, batch, seq_len + 1)
 CONTENDERS = ("x_transformers", "x_transformers_compiled", "arwrap", "arwrap_compiled")
 
 
@@ -54,7 +52,7 @@ def run(config: str, repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     V, dim, depth, b, n1 = CONFIGS[config]
     torch.manual_seed(0)
-    net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
+    net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=HEADS))
     x = torch.randint(0, V, (b, n1))
     params = list(net.parameters())
     wrappers = {"x_transformers": XT(net), "arwrap": arwrap_cpp.AutoregressiveWrapper(net)}

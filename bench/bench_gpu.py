@@ -1,4 +1,4 @@
-"""CUDA kernels against the anchors on one GPU, side by side (bench/gpu_check.sh runs it).
+"""CUDA kernels against the anchors on one GPU, side by side (scripts/gpu_check.sh runs it).
 
 Cross-entropy at (16384, 128256) bf16 and linear cross-entropy at (16384, 4096, 128256)
 bf16, forward+backward: median of CUDA-event timings, peak allocated memory over the

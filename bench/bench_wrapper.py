@@ -16,14 +16,10 @@ import sys
 from pathlib import Path
 
 from _measure import bench_parser
+from configs import CONFIGS, HEADS  # name: (num_tokens, dim, depth, batch, seq_len + 1)
 
 HERE = Path(__file__).resolve().parent
 WRAPPERS = ("x_transformers", "arwrap", "arwrap_fused_head")
-CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1)
-    "A": (256, 512, 6, 4, 1025),
-    "B": (256, 256, 4, 8, 513),
-    "C": (32000, 512, 2, 4, 513),
-}
 
 
 def child(args):
@@ -39,7 +35,7 @@ def child(args):
     torch.set_num_threads(args.threads)
     V, dim, depth, b, n1 = CONFIGS[args.config]
     torch.manual_seed(0)
-    net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
+    net = TransformerWrapper(num_tokens=V, max_seq_len=n1, attn_layers=Decoder(dim=dim, depth=depth, heads=HEADS))
     x = torch.randint(0, V, (b, n1))
 
     def build(name):

@@ -1,6 +1,6 @@
 # CUDA set-up for building against a CUDA build of torch without a GPU here.
-# Facts from ../shared/TOOLCHAIN.md: torch's legacy FindCUDA needs the toolkit
-# root, an explicit arch list (else it runs a GPU probe), and CMake 3.25 does not
+# torch's legacy FindCUDA needs the toolkit
+# root (derived from the nvcc on PATH, which may be a wrapper), an explicit arch list (else it runs a GPU probe), and CMake 3.25 does not
 # know nvcc's C++20 flag.
 set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
 set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")

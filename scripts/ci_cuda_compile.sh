@@ -7,8 +7,8 @@
 #   ARWRAP_CUDA_BUILD_DIR=build-cuda (default)
 #
 # The venv (torch 2.14.1+cu130, ~5.4 GB, ~6 min to create) is made once and reused.
-# It matches the local nvcc 13.0; see ../shared/TOOLCHAIN.md for the CMake fixes
-# (cmake/ArwrapCuda.cmake) that let it configure without a GPU.
+# It matches the local nvcc 13.0; cmake/ArwrapCuda.cmake holds the CMake fixes (toolkit root,
+# arch list, nvcc's C++20 flag, the venv's nvidia headers) that let it configure without a GPU.
 set -euo pipefail
 
 ARWRAP_TAG=ci_cuda_compile

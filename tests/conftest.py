@@ -13,6 +13,30 @@ import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
 sys.path.insert(0, str(Path(__file__).parent / "ops"))
 from op_references import reference_cross_entropy  # noqa: E402,F401
 
+# The one "needs CUDA" rule. A test that needs a GPU carries the `cuda` marker
+# (@pytest.mark.cuda, or a device parameter "cuda": marked here at collection); it is
+# skipped with this reason where it cannot run, and scripts/gpu_check.sh runs exactly
+# the marked tests (`pytest -m cuda`).
+HAS_CUDA = torch.cuda.is_available() and arwrap_cpp.built_with_cuda()
+CUDA_SKIP_REASON = ("needs a CUDA device" if not torch.cuda.is_available()
+                    else "needs libarwrap built with its CUDA kernels")
+DEVICES = ["cpu", "cuda"]  # for @pytest.mark.parametrize("device", DEVICES); the "cuda" cases get the marker
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device and libarwrap built with its CUDA kernels "
+                                       "(skipped otherwise; scripts/gpu_check.sh runs `pytest -m cuda`)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(str(v).startswith("cuda") for k, v in params.items() if "device" in k):
+            item.add_marker(pytest.mark.cuda)
+        if not HAS_CUDA and item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=CUDA_SKIP_REASON))
+
 
 def build_cmake_project(source, build, what):
     """Configures and builds a CMake project (tests/integration/cpp, examples/train)

@@ -12,7 +12,6 @@
 #include <arwrap/ops.h>
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "../ops/sync_checks.h"
@@ -160,34 +159,39 @@ at::Tensor autoregressive_loss_op(const at::Tensor& output, const at::Tensor& ta
   return detail::autoregressive_loss(in, o);
 }
 
-using OptT = const std::optional<at::Tensor>&;
-
 }  // namespace
 
+// Called directly: the struct reaches the loss as it is. The operator above is the traced
+// path's entry (the Python wrapper under torch.compile), which packs its arguments into the
+// same struct.
 at::Tensor autoregressive_loss(const AutoregressiveLossInputs& in, const AutoregressiveLossOptions& o) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("arwrap::autoregressive_loss", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, OptT, OptT, OptT, OptT, OptT, OptT,
-                                         OptT, int64_t, int64_t, bool, bool, double, double, double, double, double)>();
-  auto o_ = [](const at::Tensor& t) -> std::optional<at::Tensor> {
-    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  return detail::autoregressive_loss(in, o);
+}
+
+std::vector<OptionField> autoregressive_loss_fields() {
+  const AutoregressiveLossOptions d;
+  return {
+      {"prepend_len", "int", option_literal(d.prepend_len())},
+      {"ignore_index", "int", option_literal(d.ignore_index())},
+      {"output_is_log_prob", "bool", option_literal(d.output_is_log_prob())},
+      {"inplace_backward", "bool", option_literal(d.inplace_backward())},
+      {"head_scale", "float", option_literal(d.head_scale())},
+      {"next_embed_loss_weight", "float", option_literal(d.next_embed_loss_weight())},
+      {"looped_loss_threshold_exit", "float", option_literal(d.looped_loss_threshold_exit())},
+      {"looped_loss_slope", "float", option_literal(d.looped_loss_slope())},
+      {"looped_exit_loss_weight", "float", option_literal(d.looped_exit_loss_weight())},
   };
-  return op.call(in.output, in.target, o_(in.head_weight), o_(in.head_bias), o_(in.attn_z_loss),
-                 o_(in.next_embed_pred), o_(in.init_embeds), o_(in.exit_logits), o_(in.all_pred_logits),
-                 o.prepend_len(), o.ignore_index(), o.output_is_log_prob(), o.inplace_backward(), o.head_scale(),
-                 o.next_embed_loss_weight(), o.looped_loss_threshold_exit(), o.looped_loss_slope(),
-                 o.looped_exit_loss_weight());
 }
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
-  m.def(
+  // the options' defaults from their table: written once, in AutoregressiveLossOptions
+  std::string options;
+  for (const auto& f : autoregressive_loss_fields()) options += ", " + f.type + " " + f.name + "=" + f.default_value;
+  static const std::string schema =
       "autoregressive_loss(Tensor output, Tensor target, Tensor? head_weight=None, Tensor? head_bias=None, "
       "Tensor? attn_z_loss=None, Tensor? next_embed_pred=None, Tensor? init_embeds=None, Tensor? exit_logits=None, "
-      "Tensor? all_pred_logits=None, int prepend_len=0, int ignore_index=-100, bool output_is_log_prob=False, "
-      "bool inplace_backward=False, float head_scale=1., float next_embed_loss_weight=0.1, "
-      "float looped_loss_threshold_exit=0.05, float looped_loss_slope=50., float looped_exit_loss_weight=1.) "
-      "-> Tensor",
-      TORCH_FN(autoregressive_loss_op));  // CompositeImplicitAutograd: autograd sees its parts
+      "Tensor? all_pred_logits=None" + options + ") -> Tensor";
+  m.def(schema.c_str(), TORCH_FN(autoregressive_loss_op));  // CompositeImplicitAutograd: autograd sees its parts
 }
 
 }  // namespace arwrap

@@ -72,4 +72,13 @@ std::tuple<at::Tensor, at::Tensor> TransformerWrapperImpl::beam_search(const at:
   return arwrap::beam_search(this->options, weights(), prompts, seq_len, options, std::move(generator));
 }
 
+std::vector<OptionField> beam_search_fields() {
+  const BeamSearchOptions d;
+  return {
+      {"beams", "int", option_literal(d.beams())},
+      {"stochastic", "bool", option_literal(d.stochastic())},
+      {"filter_logits_fn", "str", option_literal(d.sampling().filter_logits_fn())},
+  };
+}
+
 }  // namespace arwrap

@@ -178,4 +178,22 @@ at::Tensor generate(const TransformerWrapperOptions& o, at::TensorList weights, 
   return prompts_.dim() == 1 ? out.squeeze(0) : out;
 }
 
+std::vector<OptionField> generate_fields() {
+  const GenerateOptions d;
+  return {
+      {"temperature", "float", option_literal(d.temperature())},
+      {"filter_logits_fn", "str", option_literal(d.filter_logits_fn())},
+      {"top_k", "int?", option_literal(d.top_k())},
+      {"top_k_frac", "float", option_literal(d.top_k_frac())},
+      {"top_p", "float", option_literal(d.top_p())},
+      {"min_p", "float", option_literal(d.min_p())},
+      {"top_a_pow", "float", option_literal(d.top_a_pow())},
+      {"top_a_ratio", "float", option_literal(d.top_a_ratio())},
+      {"eos_token", "int?", option_literal(d.eos_token())},
+      {"pad_value", "int", option_literal(d.pad_value())},
+      {"cache_kv", "bool", option_literal(d.cache_kv())},
+      {"restrict_to_max_seq_len", "bool", option_literal(d.restrict_to_max_seq_len())},
+  };
+}
+
 }  // namespace arwrap

@@ -12,6 +12,7 @@
 // CompositeImplicitAutograd: autograd flows through the ATen and arwrap operators
 // they call (the fused linear cross-entropy, attention_lse, SDPA).
 #include <arwrap/transformer.h>
+#include <arwrap/wrapper.h>
 
 #include "../ops/common.h"
 
@@ -83,6 +84,20 @@ std::tuple<at::Tensor, at::Tensor> autoregressive_wrapper_loss(
   return {out.loss, or_empty(out.logits, out.loss)};
 }
 
+// The step before the net (prepare_step, wrapper.cpp) for the Python wrapper's traced path:
+// the tokens the net gets, the targets, and the key mask (empty when the step masks no keys).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> autoregressive_wrapper_inputs(
+    const at::Tensor& x, const std::optional<at::Tensor>& lens, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& prepend_embeds, int64_t ignore_index, int64_t pad_value, double mask_prob,
+    std::optional<int64_t> mask_token_id, bool full) {
+  ARWrapperOptions o;
+  o.ignore_index(ignore_index).pad_value(pad_value).mask_prob(mask_prob).mask_token_id(mask_token_id);
+  ARForwardArgs args;
+  args.lens(lens).mask_noise(noise).prepend_embeds(prepend_embeds);
+  StepInputs step = prepare_step(x, args, o, full);
+  return {step.net.tokens, step.target, or_empty(step.net.self_attn_kv_mask, step.target)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
@@ -91,12 +106,19 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
       "Tensor? prepend_embeds=None, Tensor? self_attn_kv_mask=None, bool return_embeddings=False, "
       "bool return_attn_z_loss=False, bool return_next_embed_pred=False) -> (Tensor, Tensor, Tensor, Tensor)",
       TORCH_FN(transformer_wrapper_forward));  // CompositeImplicitAutograd, as the one below
-  m.def(
-      "autoregressive_wrapper_loss(Tensor x, Tensor[] weights, str config, bool training, int ignore_index=-100, "
-      "int pad_value=0, float mask_prob=0., int? mask_token_id=None, bool add_attn_z_loss=False, "
-      "float next_embed_loss_weight=0.1, Tensor? lens=None, Tensor? prepend_embeds=None, Tensor? mask_noise=None, "
-      "Generator? generator=None, bool return_outputs=False) -> (Tensor, Tensor)",
-      TORCH_FN(autoregressive_wrapper_loss));
+  // the wrapper options' defaults from ARWrapperOptions' table (written once, in wrapper.h)
+  static const std::string schema =
+      "autoregressive_wrapper_loss(Tensor x, Tensor[] weights, str config, bool training, " +
+      schema_arguments(wrapper_fields(), {"ignore_index", "pad_value", "mask_prob", "mask_token_id", "add_attn_z_loss",
+                                          "next_embed_loss_weight"}) +
+      ", Tensor? lens=None, Tensor? prepend_embeds=None, Tensor? mask_noise=None, Generator? generator=None, "
+      "bool return_outputs=False) -> (Tensor, Tensor)";
+  m.def(schema.c_str(), TORCH_FN(autoregressive_wrapper_loss));
+  static const std::string inputs_schema =
+      "autoregressive_wrapper_inputs(Tensor x, Tensor? lens=None, Tensor? noise=None, Tensor? prepend_embeds=None, " +
+      schema_arguments(wrapper_fields(), {"ignore_index", "pad_value", "mask_prob", "mask_token_id"}) +
+      ", bool full=False) -> (Tensor tokens, Tensor target, Tensor kv_mask)";
+  m.def(inputs_schema.c_str(), TORCH_FN(autoregressive_wrapper_inputs));  // CompositeImplicitAutograd
 }
 
 }  // namespace arwrap

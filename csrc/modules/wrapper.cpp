@@ -28,6 +28,22 @@ void ARWrapperOptions::validate() const {
                     looped_exit_loss_weight());
 }
 
+std::vector<OptionField> wrapper_fields() {
+  const ARWrapperOptions d;
+  return {
+      {"ignore_index", "int", option_literal(d.ignore_index())},
+      {"pad_value", "int", option_literal(d.pad_value())},
+      {"mask_prob", "float", option_literal(d.mask_prob())},
+      {"mask_token_id", "int?", option_literal(d.mask_token_id())},
+      {"add_attn_z_loss", "bool", option_literal(d.add_attn_z_loss())},
+      {"next_embed_loss_weight", "float", option_literal(d.next_embed_loss_weight())},
+      {"looped_loss_threshold_exit", "float", option_literal(d.looped_loss_threshold_exit())},
+      {"looped_loss_slope", "float", option_literal(d.looped_loss_slope())},
+      {"looped_exit_loss_weight", "float", option_literal(d.looped_exit_loss_weight())},
+      {"fused_head", "bool", option_literal(d.fused_head())},
+  };
+}
+
 ARWrapperImpl::ARWrapperImpl(std::shared_ptr<Net> net, std::shared_ptr<torch::nn::Module> net_module,
                              ARWrapperOptions options_)
     : ARWrapperImpl(std::move(net), std::move(options_)) {
@@ -62,7 +78,9 @@ void check_vocabulary(const at::Tensor& x, const std::optional<at::Tensor>& lens
 
 }  // namespace
 
-AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) {
+namespace {
+
+void check_tokens(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.defined() && x.dim() == 2,
                     "ARWrapper: x must be 2-D token ids (batch, seq_len + 1), got ",
                     x.defined() ? std::to_string(x.dim()) + "-D" : std::string("undefined"),
@@ -70,72 +88,49 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   TORCH_CHECK_VALUE(x.scalar_type() == at::kLong, "ARWrapper: x must be int64 (torch.long) token ids, got ",
                     x.scalar_type());
   TORCH_CHECK_VALUE(x.size(1) >= 2, "ARWrapper: x must have seq_len + 1 >= 2 tokens per row, got shape ", x.sizes());
-  const int64_t b = x.size(0), n = x.size(1) - 1;
-  const auto& o = options;
-  const bool continuous = net_->add_continuous_pred_head();
-  // x-transformers feeds its net all n + 1 tokens. The last one predicts nothing,
-  // so the loss is the same without it, and a net with max_seq_len = n works. The
-  // auxiliary losses are defined over all positions: with them, feed n + 1 as it does.
-  const bool full = o.add_attn_z_loss() || continuous;
+}
 
+// Token ids and mask_token_id inside the net's vocabulary, where it is known.
+void check_against_vocabulary(const Net& net, const at::Tensor& x, const ARForwardArgs& args,
+                              const ARWrapperOptions& o) {
+  const auto V = net.num_tokens();
+  if (!V) return;
   // on a GPU the embedding lookup asserts on the device instead (ops/sync_checks.h)
-  if (auto V = net_->num_tokens(); V && ops::has_real_data(x) && ops::host_checks(x)) {
-    check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (ops::has_real_data(x) && ops::host_checks(x)) check_vocabulary(x, args.lens(), o.ignore_index(), *V);
+  if (o.mask_token_id().has_value()) {
+    TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=", *o.mask_token_id(),
+                      " is outside the net's vocabulary [0, ", *V, ")");
   }
-  if (auto V = net_->num_tokens(); V && o.mask_token_id().has_value()) {
-    TORCH_CHECK_INDEX(*o.mask_token_id() < *V, "ARWrapper: mask_token_id=",
-                      *o.mask_token_id(), " is outside the net's vocabulary [0, ", *V, ")");
-  }
+}
 
-  ShiftTokensOptions so;
-  so.ignore_index(o.ignore_index()).pad_value(o.pad_value()).mask_prob(o.mask_prob()).mask_token_id(o.mask_token_id());
-  so.keep_last(true);  // the key mask is drawn over n + 1 positions, as x-transformers does
-  ShiftedTokens s = shift_tokens(x, args.lens(), so, args.generator(), args.mask_noise());
-
-  NetInputs in;
-  in.tokens = full ? s.input : s.input.narrow(1, 0, n);
-  if (s.mask.defined() && !o.mask_token_id().has_value()) {
-    in.self_attn_kv_mask = full ? s.mask : s.mask.narrow(1, 0, n);
-  }
-  int64_t p = 0;
-  if (args.prepend_embeds().has_value() && args.prepend_embeds()->defined()) {
-    const at::Tensor& pe = *args.prepend_embeds();
-    TORCH_CHECK_VALUE(pe.dim() == 3 && pe.size(0) == b, "ARWrapper: prepend_embeds must be (batch=", b,
-                      ", prepend_len, dim), got shape ", pe.sizes());
-    in.prepend_embeds = pe;
-    p = pe.size(1);
-  }
-  in.return_attn_z_loss = o.add_attn_z_loss();
-  in.return_next_embed_pred = continuous;
-  const bool want_fused = o.fused_head() || (net_->prefers_fused_head() && !continuous);
-  const std::optional<LinearHead> head = want_fused ? net_->head() : std::nullopt;
-  const bool fused = head.has_value() && !args.return_outputs() && !net_->output_is_log_prob();
-  in.return_embeddings = fused;
-
-  NetOutputs out = net_->forward(in);
-
+// The net gave what the step asked for.
+void check_net_outputs(const NetOutputs& out, const NetInputs& in, bool fused, int64_t b, int64_t p) {
   const int64_t m = in.tokens.size(1);
   const at::Tensor& main = fused ? out.embeddings : out.logits;
   TORCH_CHECK(main.defined() && main.dim() == 3 && main.size(0) == b && main.size(1) == p + m,
               "ARWrapper: the net must return ", fused ? "embeddings" : "logits", " of shape (batch=", b,
               ", prepend_len + seq_len = ", p + m, fused ? ", dim" : ", num_tokens", "), got ",
               main.defined() ? c10::str(main.sizes()) : std::string("nothing"));
-  TORCH_CHECK(!o.add_attn_z_loss() || out.attn_z_loss.defined(),
+  TORCH_CHECK(!in.return_attn_z_loss || out.attn_z_loss.defined(),
               "ARWrapper: add_attn_z_loss=True, but the net returned no attn_z_loss");
-  TORCH_CHECK(!continuous || (out.next_embed_pred.defined() && out.init_embeds.defined()),
+  TORCH_CHECK(!in.return_next_embed_pred || (out.next_embed_pred.defined() && out.init_embeds.defined()),
               "ARWrapper: the net has a continuous prediction head but returned no next_embed_pred/init_embeds");
+}
 
-  // The loss after the net: one implementation (autoregressive_loss.cpp) for this eager path
-  // and for the Python wrapper under torch.compile.
+// The loss after the net: one implementation (autoregressive_loss.cpp) for this eager path
+// and for the Python wrapper under torch.compile.
+at::Tensor loss_after_net(const NetOutputs& out, const NetInputs& in, const StepInputs& step,
+                          const std::optional<LinearHead>& head, bool output_is_log_prob, bool return_outputs,
+                          const ARWrapperOptions& o) {
   AutoregressiveLossInputs li;
-  li.output = main;
-  li.target = s.target;
-  if (fused) {
+  li.output = head ? out.embeddings : out.logits;
+  li.target = step.target;
+  if (head) {
     li.head_weight = head->weight;
     li.head_bias = head->bias;
   }
-  if (o.add_attn_z_loss()) li.attn_z_loss = out.attn_z_loss;
-  if (continuous) {
+  if (in.return_attn_z_loss) li.attn_z_loss = out.attn_z_loss;
+  if (in.return_next_embed_pred) {
     li.next_embed_pred = out.next_embed_pred;
     li.init_embeds = out.init_embeds;
   }
@@ -144,23 +139,68 @@ AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) 
   AutoregressiveLossOptions lo;
   // Without return_outputs nobody needs the logits after the loss: write the
   // gradient over them, so a training step holds one logits tensor, not three.
-  lo.prepend_len(p).ignore_index(o.ignore_index()).output_is_log_prob(net_->output_is_log_prob());
-  lo.inplace_backward(!args.return_outputs()).head_scale(fused ? head->scale : 1.0);
+  lo.prepend_len(step.prepend_len).ignore_index(o.ignore_index()).output_is_log_prob(output_is_log_prob);
+  lo.inplace_backward(!return_outputs).head_scale(head ? head->scale : 1.0);
   lo.next_embed_loss_weight(o.next_embed_loss_weight()).looped_loss_threshold_exit(o.looped_loss_threshold_exit());
   lo.looped_loss_slope(o.looped_loss_slope()).looped_exit_loss_weight(o.looped_exit_loss_weight());
-  at::Tensor loss = autoregressive_loss(li, lo);
-  if (fused) {
-    AROutput r;
-    r.loss = loss;
-    return r;
+  return autoregressive_loss(li, lo);
+}
+
+}  // namespace
+
+StepInputs prepare_step(const at::Tensor& x, const ARForwardArgs& args, const ARWrapperOptions& o, bool full) {
+  check_tokens(x);
+  const int64_t b = x.size(0), n = x.size(1) - 1;
+  ShiftTokensOptions so;
+  so.ignore_index(o.ignore_index()).pad_value(o.pad_value()).mask_prob(o.mask_prob()).mask_token_id(o.mask_token_id());
+  so.keep_last(true);  // the key mask is drawn over n + 1 positions, as x-transformers does
+  ShiftedTokens s = shift_tokens(x, args.lens(), so, args.generator(), args.mask_noise());
+
+  StepInputs step;
+  step.target = s.target;
+  // x-transformers feeds its net all n + 1 tokens. The last one predicts nothing, so the
+  // loss is the same without it, and a net with max_seq_len = n works.
+  step.net.tokens = full ? s.input : s.input.narrow(1, 0, n);
+  if (s.mask.defined() && !o.mask_token_id().has_value()) {
+    step.net.self_attn_kv_mask = full ? s.mask : s.mask.narrow(1, 0, n);
   }
-  // cut the prepended positions (and the last position when it was fed)
-  at::Tensor logits = out.logits.narrow(1, p, n);
+  if (args.prepend_embeds().has_value() && args.prepend_embeds()->defined()) {
+    const at::Tensor& pe = *args.prepend_embeds();
+    TORCH_CHECK_VALUE(pe.dim() == 3 && pe.size(0) == b, "ARWrapper: prepend_embeds must be (batch=", b,
+                      ", prepend_len, dim), got shape ", pe.sizes());
+    step.net.prepend_embeds = pe;
+    step.prepend_len = pe.size(1);
+  }
+  return step;
+}
+
+std::optional<LinearHead> fused_head_of(const Net& net, const ARWrapperOptions& o, bool return_outputs) {
+  const bool want = o.fused_head() || (net.prefers_fused_head() && !net.add_continuous_pred_head());
+  if (!want || return_outputs || net.output_is_log_prob()) return std::nullopt;
+  return net.head();
+}
+
+AROutput ARWrapperImpl::forward(const at::Tensor& x, const ARForwardArgs& args) {
+  const auto& o = options;
+  check_tokens(x);
+  check_against_vocabulary(*net_, x, args, o);
+  const bool continuous = net_->add_continuous_pred_head();
+  // the auxiliary losses are defined over all positions: with them, the net gets n + 1
+  StepInputs step = prepare_step(x, args, o, /*full=*/o.add_attn_z_loss() || continuous);
+  const std::optional<LinearHead> head = fused_head_of(*net_, o, args.return_outputs());
+
+  NetInputs& in = step.net;
+  in.return_attn_z_loss = o.add_attn_z_loss();
+  in.return_next_embed_pred = continuous;
+  in.return_embeddings = head.has_value();
+  NetOutputs out = net_->forward(in);
+  check_net_outputs(out, in, head.has_value(), x.size(0), step.prepend_len);
 
   AROutput r;
-  r.loss = loss;
+  r.loss = loss_after_net(out, in, step, head, net_->output_is_log_prob(), args.return_outputs(), o);
   if (args.return_outputs()) {
-    r.logits = logits;
+    // cut the prepended positions (and the last position when it was fed)
+    r.logits = out.logits.narrow(1, step.prepend_len, x.size(1) - 1);
     r.cache = out.cache;
   }
   return r;

@@ -11,6 +11,7 @@
 //
 // This file: the schemas, the typed entries (detail::), the kernel below autograd
 // (CompositeExplicitAutograd: loss only) and the public C++ entries of <arwrap/ops.h>.
+#include <arwrap/defaults.h>
 #include <arwrap/ops.h>
 
 #include "common.h"
@@ -86,10 +87,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_no_grad(const at::Tensor& logit
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
+  static const std::string schema =
+      "cross_entropy(Tensor logits, Tensor target, int ignore_index=" + std::to_string(arwrap::defaults::ignore_index) +
+      ", str reduction=\"mean\", float label_smoothing=0., float z_loss_weight=0., bool inplace_backward=False, "
+      "bool return_lse=False) -> (Tensor loss, Tensor lse)";
   m.def(
-      "cross_entropy(Tensor logits, Tensor target, int ignore_index=-100, str reduction=\"mean\", "
-      "float label_smoothing=0., float z_loss_weight=0., bool inplace_backward=False, bool return_lse=False) "
-      "-> (Tensor loss, Tensor lse)",
+      schema.c_str(),
       torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(cross_entropy_no_grad)));
   m.def(
       "cross_entropy_forward(Tensor logits, Tensor target, int ignore_index, int reduction, "

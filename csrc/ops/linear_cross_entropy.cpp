@@ -13,6 +13,7 @@
 //
 // This file: the schemas, the typed entries (detail::), the kernel below autograd
 // (CompositeExplicitAutograd: loss and lse only) and the public C++ entries.
+#include <arwrap/defaults.h>
 #include <arwrap/ops.h>
 
 #include "common.h"
@@ -70,10 +71,13 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_no_grad(const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
+  static const std::string schema =
+      "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, int ignore_index=" +
+      std::to_string(arwrap::defaults::ignore_index) +
+      ", str reduction=\"mean\", float label_smoothing=0., float z_loss_weight=0., bool return_lse=False) "
+      "-> (Tensor loss, Tensor lse)";
   m.def(
-      "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, int ignore_index=-100, "
-      "str reduction=\"mean\", float label_smoothing=0., float z_loss_weight=0., bool return_lse=False) "
-      "-> (Tensor loss, Tensor lse)",
+      schema.c_str(),
       torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(linear_cross_entropy_no_grad)));
   m.def(
       "linear_cross_entropy_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, int ignore_index, "

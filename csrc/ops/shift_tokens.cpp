@@ -5,6 +5,7 @@
 // This file: the schema, the typed entry (detail::shift_tokens) and the public C++
 // entry of <arwrap/ops.h>. Kernels: cpu/, cuda/, meta/shift_tokens_kernel.*;
 // autograd/shift_tokens_kernel.cpp runs it below autograd.
+#include <arwrap/defaults.h>
 #include <arwrap/ops.h>
 
 #include "detail.h"
@@ -27,9 +28,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens(const at::Tensor& x,
 }  // namespace ops::detail
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
-  m.def(
-      "shift_tokens(Tensor x, Tensor? lens=None, Tensor? noise=None, int ignore_index=-100, int pad_value=0, "
-      "float mask_prob=0., int? mask_token_id=None, bool keep_last=False) -> (Tensor input, Tensor target, Tensor mask)");
+  static const std::string schema =
+      "shift_tokens(Tensor x, Tensor? lens=None, Tensor? noise=None, int ignore_index=" +
+      std::to_string(arwrap::defaults::ignore_index) +
+      ", int pad_value=0, float mask_prob=0., int? mask_token_id=None, bool keep_last=False) "
+      "-> (Tensor input, Tensor target, Tensor mask)";
+  m.def(schema.c_str());
 }
 
 ShiftedTokens shift_tokens(const at::Tensor& x, const std::optional<at::Tensor>& lens,

@@ -78,21 +78,19 @@ class PythonNet : public arwrap::Net {
 };
 
 arwrap::ARWrapperOptions make_options(int64_t ignore_index, int64_t pad_value, double mask_prob,
-                                      std::optional<int64_t> mask_token_id, bool add_attn_z_loss,
-                                      double next_embed_loss_weight, bool fused_head = false,
-                                      double looped_loss_threshold_exit = 0.05, double looped_loss_slope = 50.0,
-                                      double looped_exit_loss_weight = 1.0) {
+                                      std::optional<int64_t> mask_token_id) {
   return arwrap::ARWrapperOptions()
-      .looped_loss_threshold_exit(looped_loss_threshold_exit)
-      .looped_loss_slope(looped_loss_slope)
-      .looped_exit_loss_weight(looped_exit_loss_weight)
-      .fused_head(fused_head)
       .ignore_index(ignore_index)
       .pad_value(pad_value)
       .mask_prob(mask_prob)
-      .mask_token_id(mask_token_id)
-      .add_attn_z_loss(add_attn_z_loss)
-      .next_embed_loss_weight(next_embed_loss_weight);
+      .mask_token_id(mask_token_id);
+}
+
+// An options table (arwrap/option_fields.h) for Python: [(name, type, default literal)].
+py::list fields_list(const std::vector<arwrap::OptionField>& table) {
+  py::list out;
+  for (const auto& f : table) out.append(py::make_tuple(f.name, f.type, f.default_value));
+  return out;
 }
 
 }  // namespace
@@ -119,13 +117,32 @@ PYBIND11_MODULE(_C, m) {
     for (const auto& f : arwrap::config_fields()) out.append(py::make_tuple(f.key, f.type, f.decoder, f.default_value));
     return out;
   });
+  // The other options structs' tables (arwrap/option_fields.h): Python's defaults come from them.
+  m.def("shared_defaults", [] {
+    namespace d = arwrap::defaults;
+    py::dict out;
+    out["ignore_index"] = d::ignore_index;
+    out["next_embed_loss_weight"] = d::next_embed_loss_weight;
+    out["looped_loss_threshold_exit"] = d::looped_loss_threshold_exit;
+    out["looped_loss_slope"] = d::looped_loss_slope;
+    out["looped_exit_loss_weight"] = d::looped_exit_loss_weight;
+    return out;
+  });
+  m.def("wrapper_fields", [] { return fields_list(arwrap::wrapper_fields()); });
+  m.def("autoregressive_loss_fields", [] { return fields_list(arwrap::autoregressive_loss_fields()); });
+  m.def("generate_fields", [] { return fields_list(arwrap::generate_fields()); });
+  m.def("beam_search_fields", [] { return fields_list(arwrap::beam_search_fields()); });
   m.def("transformer_init_parameters", [](const std::string& config, std::vector<at::Tensor> weights) {
     arwrap::init_parameters(arwrap::TransformerWrapperOptions::parse(config), weights);
   });
   m.def("transformer_rotary_inv_freq", [](const std::string& config) {
     return arwrap::TransformerWrapperOptions::parse(config).rotary_inv_freq();
   });
-  // generate / beam_search of the native net (generate.cpp, beam_search.cpp); the sampling options as keywords
+  // generate / beam_search of the native net (generate.cpp, beam_search.cpp); the sampling options as keywords,
+  // their defaults those of GenerateOptions and BeamSearchOptions
+  const arwrap::GenerateOptions gd;
+  const arwrap::BeamSearchOptions bd;
+  const arwrap::GenerateOptions& bs = bd.sampling();
   auto sampling = [](double temperature, const std::string& filter_logits_fn, std::optional<int64_t> top_k,
                      double top_k_frac, double top_p, double min_p, double top_a_pow, double top_a_ratio,
                      std::optional<int64_t> eos_token, int64_t pad_value, bool cache_kv,
@@ -163,11 +180,12 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release release;
         return arwrap::generate(o, weights, prompts, seq_len, g, generator);
       },
-      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("temperature") = 1.0,
-      py::kw_only(), py::arg("filter_logits_fn") = "top_k", py::arg("top_k") = py::none(),
-      py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1, py::arg("top_a_pow") = 2.0,
-      py::arg("top_a_ratio") = 0.02, py::arg("eos_token") = py::none(), py::arg("pad_value") = 0,
-      py::arg("cache_kv") = true, py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"),
+      py::arg("temperature") = gd.temperature(), py::kw_only(), py::arg("filter_logits_fn") = gd.filter_logits_fn(),
+      py::arg("top_k") = gd.top_k(), py::arg("top_k_frac") = gd.top_k_frac(), py::arg("top_p") = gd.top_p(),
+      py::arg("min_p") = gd.min_p(), py::arg("top_a_pow") = gd.top_a_pow(), py::arg("top_a_ratio") = gd.top_a_ratio(),
+      py::arg("eos_token") = gd.eos_token(), py::arg("pad_value") = gd.pad_value(), py::arg("cache_kv") = gd.cache_kv(),
+      py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = gd.restrict_to_max_seq_len(),
       py::arg("amateur_configs") = std::vector<std::string>{},
       py::arg("amateur_weights") = std::vector<std::vector<at::Tensor>>{},
       py::arg("contrastive_alpha") = std::vector<double>{}, py::arg("contrastive_beta") = std::vector<double>{},
@@ -188,11 +206,13 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release release;
         return arwrap::beam_search(o, weights, prompts, seq_len, bo, generator);
       },
-      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("beams") = 4,
-      py::arg("temperature") = 1.0, py::arg("stochastic") = false, py::kw_only(), py::arg("filter_logits_fn") = "none",
-      py::arg("top_k") = py::none(), py::arg("top_k_frac") = 0.1, py::arg("top_p") = 0.9, py::arg("min_p") = 0.1,
-      py::arg("top_a_pow") = 2.0, py::arg("top_a_ratio") = 0.02, py::arg("pad_value") = 0, py::arg("cache_kv") = true,
-      py::arg("prompt_lens") = py::none(), py::arg("restrict_to_max_seq_len") = true,
+      py::arg("config"), py::arg("weights"), py::arg("prompts"), py::arg("seq_len"), py::arg("beams") = bd.beams(),
+      py::arg("temperature") = bs.temperature(), py::arg("stochastic") = bd.stochastic(), py::kw_only(),
+      py::arg("filter_logits_fn") = bs.filter_logits_fn(), py::arg("top_k") = bs.top_k(),
+      py::arg("top_k_frac") = bs.top_k_frac(), py::arg("top_p") = bs.top_p(), py::arg("min_p") = bs.min_p(),
+      py::arg("top_a_pow") = bs.top_a_pow(), py::arg("top_a_ratio") = bs.top_a_ratio(),
+      py::arg("pad_value") = bs.pad_value(), py::arg("cache_kv") = bs.cache_kv(), py::arg("prompt_lens") = py::none(),
+      py::arg("restrict_to_max_seq_len") = bs.restrict_to_max_seq_len(),
       py::arg("generator") = py::none());
 
   // arwrap-train's corpus reader (arwrap::read_corpus): the same bytes in Python.
@@ -221,6 +241,7 @@ PYBIND11_MODULE(_C, m) {
     arwrap::ARWrapperOptions().mask_prob(mask_prob).next_embed_loss_weight(next_embed_loss_weight).validate();
   });
 
+  const arwrap::ARWrapperOptions wd;  // the keyword defaults below
   py::class_<arwrap::ARWrapperImpl, std::shared_ptr<arwrap::ARWrapperImpl>>(m, "ARWrapper")
       .def(py::init([](py::object call, bool output_is_log_prob, bool add_continuous_pred_head,
                        std::optional<int64_t> num_tokens, int64_t ignore_index, int64_t pad_value, double mask_prob,
@@ -235,16 +256,21 @@ PYBIND11_MODULE(_C, m) {
              auto net = std::make_shared<PythonNet>(std::move(call), output_is_log_prob, add_continuous_pred_head,
                                                     num_tokens, std::move(head));
              return std::make_shared<arwrap::ARWrapperImpl>(
-                 net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, add_attn_z_loss,
-                                   next_embed_loss_weight, fused, looped_loss_threshold_exit, looped_loss_slope,
-                                   looped_exit_loss_weight));
+                 net, make_options(ignore_index, pad_value, mask_prob, mask_token_id)
+                          .add_attn_z_loss(add_attn_z_loss)
+                          .next_embed_loss_weight(next_embed_loss_weight)
+                          .fused_head(fused)
+                          .looped_loss_threshold_exit(looped_loss_threshold_exit)
+                          .looped_loss_slope(looped_loss_slope)
+                          .looped_exit_loss_weight(looped_exit_loss_weight));
            }),
            py::arg("call"), py::arg("output_is_log_prob"), py::arg("add_continuous_pred_head"), py::arg("num_tokens"),
            py::arg("ignore_index"), py::arg("pad_value"), py::arg("mask_prob"), py::arg("mask_token_id"),
            py::arg("add_attn_z_loss"), py::arg("next_embed_loss_weight"), py::arg("head_weight") = py::none(),
            py::arg("head_bias") = py::none(), py::arg("head_scale") = 1.0,
-           py::arg("looped_loss_threshold_exit") = 0.05, py::arg("looped_loss_slope") = 50.0,
-           py::arg("looped_exit_loss_weight") = 1.0)
+           py::arg("looped_loss_threshold_exit") = wd.looped_loss_threshold_exit(),
+           py::arg("looped_loss_slope") = wd.looped_loss_slope(),
+           py::arg("looped_exit_loss_weight") = wd.looped_exit_loss_weight())
       .def_static(
           "from_script_module",
           [](py::object script_module, int64_t ignore_index, int64_t pad_value, double mask_prob,
@@ -252,11 +278,11 @@ PYBIND11_MODULE(_C, m) {
             // a live torch.jit.ScriptModule (its C++ object is shared, so are its parameters)
             auto mod = std::make_shared<torch::jit::Module>(script_module.attr("_c").cast<torch::jit::Module>());
             auto net = std::make_shared<arwrap::TorchScriptNet>(mod);
-            return std::make_shared<arwrap::ARWrapperImpl>(
-                net, make_options(ignore_index, pad_value, mask_prob, mask_token_id, false, 0.1));
+            return std::make_shared<arwrap::ARWrapperImpl>(net, make_options(ignore_index, pad_value, mask_prob,
+                                                                             mask_token_id));
           },
-          py::arg("script_module"), py::arg("ignore_index") = -100, py::arg("pad_value") = 0,
-          py::arg("mask_prob") = 0.0, py::arg("mask_token_id") = py::none())
+          py::arg("script_module"), py::arg("ignore_index") = wd.ignore_index(), py::arg("pad_value") = wd.pad_value(),
+          py::arg("mask_prob") = wd.mask_prob(), py::arg("mask_token_id") = wd.mask_token_id())
       .def(
           "forward",
           [](arwrap::ARWrapperImpl& self, const at::Tensor& x, std::optional<at::Tensor> lens,

@@ -9,13 +9,30 @@ The parameter names come from C++ too (``_C.transformer_parameters``): one sourc
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import _C
+from . import _C, sampling
+from .options import defaults
 
+GENERATE_DEFAULTS = defaults(_C.generate_fields())
+BEAM_SEARCH_DEFAULTS = defaults(_C.beam_search_fields())
+
+
+@contextlib.contextmanager
+def _eval(nets):
+    """The nets in eval mode for the block (generation runs no dropout), then as they were."""
+    states = [m.training for m in nets]
+    for m in nets:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, s in zip(nets, states):
+            m.train(s)
 
 
 def _field_value(key: str, typ: str, text: str):
@@ -209,62 +226,74 @@ class TransformerWrapper(nn.Module):
             return result, _Intermediates(z if return_attn_z_loss else None)
         return result
 
-    def generate(self, prompts: Tensor, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
-                 filter_logits_fn="top_k", filter_kwargs: Optional[dict] = None, cache_kv: bool = True,
-                 pad_value: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
-        """x-transformers' ``AutoregressiveWrapper.generate``, in C++ (see arwrap_cpp.AutoregressiveWrapper.generate)."""
-        from . import dropin
-        fn, fk = dropin._native_filter("generate", filter_logits_fn, filter_kwargs)
-        was_training = self.training
-        self.eval()
-        try:
+    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None,
+                 temperature: float = GENERATE_DEFAULTS["temperature"],
+                 filter_logits_fn=GENERATE_DEFAULTS["filter_logits_fn"], filter_kwargs: Optional[dict] = None,
+                 cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], pad_value: int = GENERATE_DEFAULTS["pad_value"],
+                 generator: Optional[torch.Generator] = None, *, prompt_lens: Optional[Tensor] = None,
+                 restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"], amateur_model=None,
+                 contrastive_decode_kwargs=None, where: str = "TransformerWrapper.generate") -> Tensor:
+        """x-transformers' ``AutoregressiveWrapper.generate`` for this net, in C++ (``arwrap::generate``,
+        with the key/value cache): the ``seq_len`` tokens after ``prompts`` (a tensor, or a list of
+        1-D tensors), with ``prompt_lens``, ``eos_token``, the logit filters, and contrastive
+        decoding against native amateur nets. ``arwrap_cpp.AutoregressiveWrapper.generate`` calls
+        this (``where`` names the caller in errors)."""
+        sampling.check_common(where, seq_len, temperature, filter_logits_fn, filter_kwargs)
+        prompts, prompt_lens = sampling.prompts_to_tensor(where, prompts, prompt_lens)
+        amateurs = sampling.amateurs_and_weights(where, amateur_model, contrastive_decode_kwargs)
+        for m, _, _ in amateurs:
+            if not isinstance(m, TransformerWrapper):
+                raise ValueError(f"{where}: with the native net, amateur_model must be native nets "
+                                 f"(arwrap_cpp.TransformerWrapper) too, got {type(m).__name__}")
+            if m.num_tokens != self.num_tokens:
+                raise ValueError(f"{where}: amateur_model has num_tokens={m.num_tokens}, the expert "
+                                 f"{self.num_tokens}: their logits must have the same size")
+        if amateurs:
+            filter_logits_fn = "none"  # x-transformers turns the filter off for contrastive decoding
+        fn, fk = sampling.native_filter(where, filter_logits_fn, filter_kwargs)
+        nets = [self] + [m for m, _, _ in amateurs]
+        with _eval(nets):
             return _C.generate(self.config, self.weights(), prompts, int(seq_len), float(temperature),
                                eos_token=eos_token, pad_value=int(pad_value), cache_kv=bool(cache_kv),
-                               generator=generator, **dropin._sampling_options(fn, fk))
-        finally:
-            self.train(was_training)
+                               prompt_lens=prompt_lens, restrict_to_max_seq_len=bool(restrict_to_max_seq_len),
+                               amateur_configs=[m.config for m, _, _ in amateurs],
+                               amateur_weights=[m.weights() for m, _, _ in amateurs],
+                               contrastive_alpha=[a for _, a, _ in amateurs],
+                               contrastive_beta=[b for _, _, b in amateurs],
+                               generator=generator, **sampling.sampling_options(where, fn, fk))
+
+    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = BEAM_SEARCH_DEFAULTS["beams"],
+                    return_beams_and_scores: bool = False, eos_token: Optional[int] = None,
+                    temperature: float = GENERATE_DEFAULTS["temperature"],
+                    stochastic: bool = BEAM_SEARCH_DEFAULTS["stochastic"], prompt_lens: Optional[Tensor] = None,
+                    filter_logits_fn=None,
+                    restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"],
+                    filter_kwargs: Optional[dict] = None, cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], *,
+                    pad_value: int = GENERATE_DEFAULTS["pad_value"], generator: Optional[torch.Generator] = None,
+                    where: str = "TransformerWrapper.beam_search"):
+        """x-transformers' ``AutoregressiveWrapper.beam_search`` for this net, in C++
+        (``arwrap::beam_search``, with the key/value cache). Returns the best beam
+        ``(batch, seq_len)``, or ``(beams (beams, batch, seq_len), scores (beams, batch))`` with
+        ``return_beams_and_scores`` (``(beams, seq_len)``, ``(beams,)`` for a 1-D prompt)."""
+        sampling.check_common(where, seq_len, temperature, filter_logits_fn, filter_kwargs)
+        sampling.check_beam_search(where, beams, eos_token)
+        if not isinstance(prompts, Tensor):
+            raise ValueError(f"{where}: prompts must be a Tensor of token ids, got {type(prompts).__name__}")
+        _, prompt_lens = sampling.prompts_to_tensor(where, prompts, prompt_lens)
+        fn, fk = sampling.native_filter(where, filter_logits_fn, filter_kwargs,
+                                        default=BEAM_SEARCH_DEFAULTS["filter_logits_fn"])
+        with _eval([self]):
+            out, scores = _C.beam_search(self.config, self.weights(), prompts, int(seq_len), int(beams),
+                                         float(temperature), bool(stochastic), pad_value=int(pad_value),
+                                         cache_kv=bool(cache_kv), prompt_lens=prompt_lens,
+                                         restrict_to_max_seq_len=bool(restrict_to_max_seq_len), generator=generator,
+                                         **sampling.sampling_options(where, fn, fk))
+        # C++ returns (batch, beams, seq_len) / (batch, beams), best first, like x-transformers before its rearrange
+        if prompts.dim() == 1:  # C++ gives (beams, seq_len), (beams)
+            return (out, scores) if return_beams_and_scores else out[0]
+        if not return_beams_and_scores:
+            return out[:, 0]
+        return out.transpose(0, 1).contiguous(), scores.transpose(0, 1).contiguous()
 
     def extra_repr(self) -> str:
         return self.config
-
-
-class ScriptedAutoregressiveWrapper(nn.Module):
-    """The native net and the wrapper as one TorchScript-able module (see AutoregressiveWrapper.to_torchscript).
-
-    ``forward(x) -> loss`` and ``logits(tokens)``. Its parameters are the Python
-    net's own (shared, in ``weights``); a C++ program loads the saved file with
-    ``torch::jit::load`` and trains it (forward, backward, an optimizer over
-    ``module.parameters()``).
-    """
-
-    def __init__(self, net: TransformerWrapper, ignore_index: int, pad_value: int, mask_prob: float,
-                 mask_token_id: Optional[int], add_attn_z_loss: bool, next_embed_loss_weight: float):
-        super().__init__()
-        self.weights = nn.ParameterList(net.weights())
-        self.config: str = net.config
-        self.num_tokens: int = net.num_tokens
-        self.max_seq_len: int = net.max_seq_len
-        self.ignore_index: int = ignore_index
-        self.pad_value: int = pad_value
-        self.mask_prob: float = mask_prob
-        self.mask_token_id: Optional[int] = mask_token_id
-        self.add_attn_z_loss: bool = add_attn_z_loss
-        self.next_embed_loss_weight: float = next_embed_loss_weight
-
-    def _weights(self) -> list[Tensor]:
-        ws: list[Tensor] = []
-        for p in self.weights:
-            ws.append(p)
-        return ws
-
-    def forward(self, x: Tensor) -> Tensor:
-        loss, _ = torch.ops.arwrap.autoregressive_wrapper_loss(
-            x, self._weights(), self.config, self.training, self.ignore_index, self.pad_value, self.mask_prob,
-            self.mask_token_id, self.add_attn_z_loss, self.next_embed_loss_weight)
-        return loss
-
-    @torch.jit.export
-    def logits(self, tokens: Tensor) -> Tensor:
-        out, _, _, _ = torch.ops.arwrap.transformer_wrapper_forward(tokens, self._weights(), self.config,
-                                                                    self.training)
-        return out

@@ -13,8 +13,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import _C
-from .transformer import ScriptedAutoregressiveWrapper, TransformerWrapper
+from . import _C, bridge
+from .options import defaults
+from .scripted import ScriptedAutoregressiveWrapper
+from .transformer import BEAM_SEARCH_DEFAULTS, GENERATE_DEFAULTS, TransformerWrapper
+
+# ARWrapperOptions' defaults, from its C++ table (_C.wrapper_fields())
+WRAPPER_DEFAULTS = defaults(_C.wrapper_fields())
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -46,20 +51,22 @@ class AutoregressiveWrapper(nn.Module):
     a continuous head, a custom head), it falls back to the logits with a one-line warning.
     """
 
+    _arwrap_dropin = True  # bridge.py tells this class (and subclasses) from x-transformers' own by it
+
     def __init__(
         self,
         net: nn.Module,
-        ignore_index: int = -100,
-        pad_value: int = 0,
-        mask_prob: float = 0.0,
-        add_attn_z_loss: bool = False,
-        next_embed_loss_weight: float = 0.1,
-        looped_loss_threshold_exit: float = 0.05,
-        looped_loss_slope: float = 50,
-        looped_exit_loss_weight: float = 1.0,
+        ignore_index: int = WRAPPER_DEFAULTS["ignore_index"],
+        pad_value: int = WRAPPER_DEFAULTS["pad_value"],
+        mask_prob: float = WRAPPER_DEFAULTS["mask_prob"],
+        add_attn_z_loss: bool = WRAPPER_DEFAULTS["add_attn_z_loss"],
+        next_embed_loss_weight: float = WRAPPER_DEFAULTS["next_embed_loss_weight"],
+        looped_loss_threshold_exit: float = WRAPPER_DEFAULTS["looped_loss_threshold_exit"],
+        looped_loss_slope: float = WRAPPER_DEFAULTS["looped_loss_slope"],
+        looped_exit_loss_weight: float = WRAPPER_DEFAULTS["looped_exit_loss_weight"],
         *,
-        mask_token_id: Optional[int] = None,
-        fused_head: bool = False,
+        mask_token_id: Optional[int] = WRAPPER_DEFAULTS["mask_token_id"],
+        fused_head: bool = WRAPPER_DEFAULTS["fused_head"],
     ):
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -88,6 +95,10 @@ class AutoregressiveWrapper(nn.Module):
         self._native = isinstance(net, TransformerWrapper)
         self.fused_head = bool(fused_head)
         self._warned = set()
+        # the C++ wrapper (_C.ARWrapper), built once and rebuilt only if an option changes; the
+        # net's extra keyword arguments of the forward in progress reach its call through _call_kwargs
+        self._core_cache = None
+        self._call_kwargs = {}
         if self.fused_head and not self._native:  # the native net always fuses its head
             reason = self._fused_head_unsupported()
             if reason is not None:
@@ -126,33 +137,49 @@ class AutoregressiveWrapper(nn.Module):
             return emb.weight, None, float(net.tie_embedding_scale)
         return None
 
-    def _core(self, call, fused: bool = False) -> "_C.ARWrapper":
+    def _core(self) -> "_C.ARWrapper":
+        """The C++ wrapper around this net, built on the first forward and kept (rebuilt only
+        when an option it holds was changed since). With fused_head it holds the net's linear
+        head; the C++ step then fuses unless the forward wants the logits (return_outputs)."""
+        head = self._linear_head() if self.fused_head and self._fused_head_unsupported() is None else None
+        key = (self.ignore_index, self.pad_value, self.mask_prob, self.mask_token_id, self.add_attn_z_loss,
+               self.add_continuous_pred_head, self.next_embed_loss_weight, float(self.looped_loss_threshold_exit),
+               float(self.looped_loss_slope), float(self.looped_exit_loss_weight),
+               None if head is None else (id(head[0]), id(head[1]), head[2]))
+        if self._core_cache is not None and self._core_cache[0] == key:
+            return self._core_cache[1]
         if self._scripted:
             if self.add_attn_z_loss or self.add_continuous_pred_head:
                 raise ValueError("AutoregressiveWrapper: a TorchScript net supports neither add_attn_z_loss nor a "
                                  "continuous prediction head")
-            return _C.ARWrapper.from_script_module(self.net, ignore_index=self.ignore_index, pad_value=self.pad_value,
+            core = _C.ARWrapper.from_script_module(self.net, ignore_index=self.ignore_index, pad_value=self.pad_value,
                                                    mask_prob=self.mask_prob, mask_token_id=self.mask_token_id)
-        num_tokens = getattr(self.net, "num_tokens", None)
-        head = self._linear_head() if fused else None
-        return _C.ARWrapper(
-            call,
-            output_is_log_prob=bool(getattr(self.net, "output_is_log_prob", False)),
-            add_continuous_pred_head=self.add_continuous_pred_head,
-            num_tokens=num_tokens if isinstance(num_tokens, int) else None,
-            ignore_index=self.ignore_index,
-            pad_value=self.pad_value,
-            mask_prob=self.mask_prob,
-            mask_token_id=self.mask_token_id,
-            add_attn_z_loss=self.add_attn_z_loss,
-            next_embed_loss_weight=self.next_embed_loss_weight,
-            head_weight=head[0] if head else None,
-            head_bias=head[1] if head else None,
-            head_scale=head[2] if head else 1.0,
-            looped_loss_threshold_exit=float(self.looped_loss_threshold_exit),
-            looped_loss_slope=float(self.looped_loss_slope),
-            looped_exit_loss_weight=float(self.looped_exit_loss_weight),
-        )
+        else:
+            num_tokens = getattr(self.net, "num_tokens", None)
+            core = _C.ARWrapper(
+                self._net_call(self._call_kwargs),
+                output_is_log_prob=bool(getattr(self.net, "output_is_log_prob", False)),
+                add_continuous_pred_head=self.add_continuous_pred_head,
+                num_tokens=num_tokens if isinstance(num_tokens, int) else None,
+                ignore_index=self.ignore_index,
+                pad_value=self.pad_value,
+                mask_prob=self.mask_prob,
+                mask_token_id=self.mask_token_id,
+                add_attn_z_loss=self.add_attn_z_loss,
+                next_embed_loss_weight=self.next_embed_loss_weight,
+                head_weight=head[0] if head else None,
+                head_bias=head[1] if head else None,
+                head_scale=head[2] if head else 1.0,
+                looped_loss_threshold_exit=float(self.looped_loss_threshold_exit),
+                looped_loss_slope=float(self.looped_loss_slope),
+                looped_exit_loss_weight=float(self.looped_exit_loss_weight),
+            )
+        self._core_cache = (key, core)
+        return core
+
+    def __getstate__(self):
+        # the C++ wrapper is rebuilt where the copy runs (deepcopy, pickle)
+        return {**self.__dict__, "_core_cache": None, "_call_kwargs": {}}
 
     def forward(
         self,
@@ -182,13 +209,16 @@ class AutoregressiveWrapper(nn.Module):
         if not self._scripted:
             self._check_x_transformers_inputs(x, prepend_embeds, kwargs.get("prepend_mask"))
         fused = self._use_fused_head(return_outputs)
-        call = self._net_call(kwargs)
         if not self._scripted and torch.compiler.is_compiling():
-            return self._traced_forward(call, fused, x, return_outputs, prepend_embeds, lens, mask_noise, generator)
+            return self._traced_forward(self._net_call(kwargs), fused, x, return_outputs, prepend_embeds, lens,
+                                        mask_noise, generator)
 
-        loss, logits, cache = self._core(call, fused).forward(
-            x, lens, prepend_embeds, mask_noise, generator, bool(return_outputs)
-        )
+        core = self._core()
+        self._call_kwargs.update(kwargs)  # read by the net's call during this forward
+        try:
+            loss, logits, cache = core.forward(x, lens, prepend_embeds, mask_noise, generator, bool(return_outputs))
+        finally:
+            self._call_kwargs.clear()
         if not return_outputs:
             return loss
         return loss, (logits, cache)
@@ -207,7 +237,9 @@ class AutoregressiveWrapper(nn.Module):
     def _net_call(self, kwargs: dict):
         """The adapter the C++ wrapper calls: x-transformers' TransformerWrapper call convention
         -> (logits or embeddings, attn_z_loss, next_embed_pred, init_embeds, cache[, exit_logits,
-        all_pred_logits] for a looped net)."""
+        all_pred_logits] for a looped net). ``kwargs`` (the forward's extra keyword arguments for
+        the net) is read at each call; the adapter holds the net and that dict, not this wrapper,
+        so the C++ wrapper that keeps it makes no reference cycle."""
         net = self.net
         looped = bool(getattr(net, "looped", False))
 
@@ -241,22 +273,18 @@ class AutoregressiveWrapper(nn.Module):
 
     def _traced_forward(self, call, fused, x, return_outputs, prepend_embeds, lens, mask_noise, generator):
         """The forward under torch.compile: the same steps as the C++ ARWrapper, as operators
-        dynamo can trace (torch.ops.arwrap.shift_tokens, the net, torch.ops.arwrap.autoregressive_loss,
-        the very function ARWrapper calls after the net), so the whole step is one graph."""
-        if x.dim() != 2 or x.shape[1] < 2:
-            raise ValueError(f"AutoregressiveWrapper: x must be 2-D token ids (batch, seq_len + 1), got shape "
-                             f"{tuple(x.shape)}")
-        n = x.shape[1] - 1
+        dynamo can trace (torch.ops.arwrap.autoregressive_wrapper_inputs, the very step ARWrapper
+        takes before the net; the net; torch.ops.arwrap.autoregressive_loss, the one after it),
+        so the whole step is one graph."""
         full = self.add_attn_z_loss or self.add_continuous_pred_head
         noise = mask_noise
         if self.mask_prob > 0.0 and noise is None:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        inp, target, mask = torch.ops.arwrap.shift_tokens(x, lens, noise, self.ignore_index, self.pad_value,
-                                                          self.mask_prob, self.mask_token_id, True)
-        tokens = inp if full else inp[:, :n]
-        kv_mask = None
-        if self.mask_prob > 0.0 and self.mask_token_id is None:
-            kv_mask = mask if full else mask[:, :n]
+        # the step before the net, as ARWrapper's (prepare_step): tokens, targets, key mask
+        tokens, target, kv_mask = torch.ops.arwrap.autoregressive_wrapper_inputs(
+            x, lens, noise, prepend_embeds, self.ignore_index, self.pad_value, self.mask_prob, self.mask_token_id, full)
+        kv_mask = kv_mask if kv_mask.dim() == 2 else None  # empty: no key masking
+        n = x.shape[1] - 1
         out = call(tokens, kv_mask, prepend_embeds, self.add_attn_z_loss, self.add_continuous_pred_head, fused)
         main, attn_z_loss, next_embed_pred, init_embeds, cache = out[:5]
         exit_logits, all_pred_logits = out[5:] if len(out) == 7 else (None, None)
@@ -294,38 +322,63 @@ class AutoregressiveWrapper(nn.Module):
                 raise ValueError(f"AutoregressiveWrapper: prepend_mask must be (batch, prepend_len) = "
                                  f"{tuple(prepend_embeds.shape[:2])}, got {shape}")
 
-    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None, temperature: float = 1.0,
-                 prompt_lens: Optional[Tensor] = None, filter_logits_fn="top_k", restrict_to_max_seq_len: bool = True,
-                 amateur_model=None, filter_kwargs: Optional[dict] = None, contrastive_decode_kwargs=None,
-                 cache_kv: bool = True, return_intermediates: bool = False, **kwargs):
+    def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None,
+                 temperature: float = GENERATE_DEFAULTS["temperature"], prompt_lens: Optional[Tensor] = None,
+                 filter_logits_fn=GENERATE_DEFAULTS["filter_logits_fn"],
+                 restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"], amateur_model=None,
+                 filter_kwargs: Optional[dict] = None, contrastive_decode_kwargs=None,
+                 cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], return_intermediates: bool = False, **kwargs):
         """x-transformers' ``generate`` (2.31.10, every argument): the ``seq_len`` tokens after ``prompts``.
 
-        With the native net it runs in C++ (``arwrap::generate``; see ``dropin.generate_native``;
-        extra keyword: ``generator``). With any other net it is x-transformers' own code, reached
-        through its defining module (never through a name a user may have replaced).
+        With the native net it is the net's own (``arwrap_cpp.TransformerWrapper.generate``, in
+        C++; extra keyword: ``generator``). With any other net it is x-transformers' own code
+        (bridge.py), reached through its defining module (never through a name a user may have
+        replaced).
         """
-        from . import dropin
-        run = dropin.generate_native if self._native else dropin.generate_x_transformers
-        return run(self, prompts, seq_len, eos_token=eos_token, temperature=temperature, prompt_lens=prompt_lens,
-                   filter_logits_fn=filter_logits_fn, restrict_to_max_seq_len=restrict_to_max_seq_len,
-                   amateur_model=amateur_model, filter_kwargs=filter_kwargs,
-                   contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv,
-                   return_intermediates=return_intermediates, **kwargs)
+        where = "AutoregressiveWrapper.generate"
+        if not self._native:
+            return bridge.generate(self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                   prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
+                                   restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
+                                   filter_kwargs=filter_kwargs, contrastive_decode_kwargs=contrastive_decode_kwargs,
+                                   cache_kv=cache_kv, return_intermediates=return_intermediates, **kwargs)
+        generator = kwargs.pop("generator", None)
+        if kwargs:
+            raise ValueError(f"{where}: the native net takes no extra keyword arguments, got {sorted(kwargs)}")
+        if return_intermediates:
+            raise ValueError(f"{where}: return_intermediates=True returns x-transformers' LayerIntermediates cache, "
+                             "which the native net (whose cache lives in C++) does not have")
+        return self.net.generate(prompts, seq_len, eos_token=eos_token, temperature=temperature,
+                                 filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs, cache_kv=cache_kv,
+                                 pad_value=self.pad_value, generator=generator, prompt_lens=prompt_lens,
+                                 restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
+                                 contrastive_decode_kwargs=contrastive_decode_kwargs, where=where)
 
-    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
-                    eos_token: Optional[int] = None, temperature: float = 1.0, stochastic: bool = False,
-                    prompt_lens: Optional[Tensor] = None, filter_logits_fn=None, restrict_to_max_seq_len: bool = True,
-                    filter_kwargs: Optional[dict] = None, cache_kv: bool = True, **kwargs):
+    def beam_search(self, prompts: Tensor, seq_len: int, beams: int = BEAM_SEARCH_DEFAULTS["beams"],
+                    return_beams_and_scores: bool = False, eos_token: Optional[int] = None,
+                    temperature: float = GENERATE_DEFAULTS["temperature"],
+                    stochastic: bool = BEAM_SEARCH_DEFAULTS["stochastic"], prompt_lens: Optional[Tensor] = None,
+                    filter_logits_fn=None,
+                    restrict_to_max_seq_len: bool = GENERATE_DEFAULTS["restrict_to_max_seq_len"],
+                    filter_kwargs: Optional[dict] = None, cache_kv: bool = GENERATE_DEFAULTS["cache_kv"], **kwargs):
         """x-transformers' ``beam_search`` (2.31.10, every argument). Returns the best beam
         ``(batch, seq_len)``, or ``(beams (beams, batch, seq_len), scores (beams, batch))`` with
-        ``return_beams_and_scores``. The native net runs it in C++ (``arwrap::beam_search``, with
-        the key/value cache); any other net runs x-transformers' own code."""
-        from . import dropin
-        return dropin.beam_search(self, prompts, seq_len, beams=beams, return_beams_and_scores=return_beams_and_scores,
-                                  eos_token=eos_token, temperature=temperature, stochastic=stochastic,
-                                  prompt_lens=prompt_lens, filter_logits_fn=filter_logits_fn,
-                                  restrict_to_max_seq_len=restrict_to_max_seq_len, filter_kwargs=filter_kwargs,
-                                  cache_kv=cache_kv, **kwargs)
+        ``return_beams_and_scores``. The native net runs its own (``arwrap_cpp.TransformerWrapper.beam_search``,
+        in C++ with the key/value cache; extra keyword: ``generator``); any other net runs x-transformers' own code."""
+        where = "AutoregressiveWrapper.beam_search"
+        if not self._native:
+            return bridge.beam_search(self, prompts, seq_len, beams=beams,
+                                      return_beams_and_scores=return_beams_and_scores, eos_token=eos_token,
+                                      temperature=temperature, stochastic=stochastic, prompt_lens=prompt_lens,
+                                      filter_logits_fn=filter_logits_fn,
+                                      restrict_to_max_seq_len=restrict_to_max_seq_len, filter_kwargs=filter_kwargs,
+                                      cache_kv=cache_kv, **kwargs)
+        generator = kwargs.pop("generator", None)
+        if kwargs:
+            raise ValueError(f"{where}: the native net takes no extra keyword arguments, got {sorted(kwargs)}")
+        return self.net.beam_search(prompts, seq_len, beams, return_beams_and_scores, eos_token, temperature,
+                                    stochastic, prompt_lens, filter_logits_fn, restrict_to_max_seq_len, filter_kwargs,
+                                    cache_kv, pad_value=self.pad_value, generator=generator, where=where)
 
     def to_torchscript(self, path: Optional[str] = None) -> torch.jit.ScriptModule:
         """The native net and this wrapper as a TorchScript module (``forward(x) -> loss``,

@@ -1,4 +1,4 @@
-"""bench/gpu_check.sh, the one-shot script of the first GPU run: its pre-flight must say
+"""scripts/gpu_check.sh, the one-shot script of the first GPU run: its pre-flight must say
 what is missing and stop before the build, with the log written as it goes and a summary
 even then (on the CPU machines: no GPU, so it must stop there, exit 2)."""
 import os
@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_script_parses():
-    for script in ("bench/gpu_check.sh", "bench/fetch_gpu_wheels.sh"):
+    for script in ("scripts/gpu_check.sh", "scripts/fetch_gpu_wheels.sh"):
         r = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
 
 
 def test_gpu_check_preflight_reports_and_stops(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(ROOT / "bench/gpu_check.sh"), "--preflight-only"], env=env, capture_output=True,
+    r = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--preflight-only"], env=env, capture_output=True,
                        text=True, timeout=300, cwd=ROOT)
     log = (tmp_path / "gpu_check.log").read_text()
     summary = (tmp_path / "summary.md").read_text()

@@ -198,14 +198,16 @@ def test_bad_checkpoints(trainer, corpus, trained, tmp_path):
 
 
 def _accepted_flags():
-    """Every flag the trainer's parsers accept, read from their sources (`name == "..."` in
-    the files that define set_flag or set_dist_flag)."""
+    """Every flag the trainer's parsers accept, read from their sources: the rows of flags.cpp's
+    table (`{kGroup, "name", ...` or `..._flag(kGroup, "name", ...`) and `name == "..."` in the
+    file that defines set_dist_flag."""
     names = set()
     for src in (ROOT / "examples" / "train").glob("*.cpp"):
         text = src.read_text()
-        if re.search(r"\b(void|bool) set_(dist_)?flag\(", text):
+        if re.search(r"\bbool set_dist_flag\(", text):
             names |= set(re.findall(r'name == "([a-z][a-z0-9-]*)"', text))
-    return names | {"help"}
+        names |= set(re.findall(r'(?:_flag\(|\{)k[A-Z]\w*, "([a-z][a-z0-9-]*)"', text))
+    return names
 
 
 HELP_LINE = re.compile(r"^\s{2}--([a-z][a-z0-9-]*)(?: \S+)?\s{2,}(\S.*)$", re.M)  # flag, its value (PATH, on|off), text

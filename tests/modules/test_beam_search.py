@@ -205,3 +205,33 @@ def test_beam_search_of_a_prompt_without_batch_dimension():
 def test_bad_arguments_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call(AutoregressiveWrapper(make_pair()[1]), torch.randint(0, V, (2, 3)))
+
+
+# ------------------------------------------------------------------ the net's own generation
+
+def test_net_generate_is_the_wrappers_with_prompt_lens_and_amateurs():
+    """arwrap_cpp.TransformerWrapper.generate is the whole of generation (the wrapper calls it):
+    prompt_lens and contrastive decoding against a native amateur give the wrapper's tokens."""
+    _, ours = make_pair(seed=0)
+    _, amateur = make_pair(seed=1)
+    prompts = torch.randint(0, V, (3, 5))
+    kw = dict(prompt_lens=torch.tensor([5, 2, 4]), amateur_model=AutoregressiveWrapper(amateur),
+              contrastive_decode_kwargs=dict(alpha=0.2, beta=0.4))
+    expected = same_draws(lambda: AutoregressiveWrapper(ours).generate(prompts, 6, **kw))
+    assert torch.equal(same_draws(lambda: ours.generate(prompts, 6, **kw)), expected)
+    best = same_draws(lambda: AutoregressiveWrapper(ours).beam_search(prompts, 4, beams=3))
+    assert torch.equal(same_draws(lambda: ours.beam_search(prompts, 4, beams=3)), best)
+
+
+@pytest.mark.parametrize("call, where", [
+    (lambda w, p: w.generate(p, 2, filter_kwargs={"k": 1.5}), "AutoregressiveWrapper.generate"),
+    (lambda w, p: w.beam_search(p, 2, filter_logits_fn="top_k", filter_kwargs={"k": 1.5}),
+     "AutoregressiveWrapper.beam_search"),
+    (lambda w, p: w.net.generate(p, 2, filter_kwargs={"k": 1.5}), "TransformerWrapper.generate"),
+    (lambda w, p: w.net.beam_search(p, 2, filter_logits_fn="top_k", filter_kwargs={"k": 1.5}),
+     "TransformerWrapper.beam_search"),
+])
+def test_sampling_errors_name_the_calling_function(call, where):
+    _, ours = make_pair()
+    with pytest.raises(ValueError, match=rf"^{where}: filter_kwargs k must be an int, got 1.5"):
+        call(AutoregressiveWrapper(ours), torch.randint(0, V, (2, 3)))

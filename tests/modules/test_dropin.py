@@ -104,14 +104,14 @@ def test_swap_by_assigning_the_defining_module_name(monkeypatch):
     net = make_net()
     prompts = torch.randint(0, V, (2, 4))
     expected = same_draws(lambda: XTWrapper(net).generate(prompts, 6))
-    monkeypatch.setattr(arwrap_cpp.dropin, "_xt_class", None)  # forget the class found earlier
+    monkeypatch.setattr(arwrap_cpp.bridge, "_xt_class", None)  # forget the class found earlier
     monkeypatch.setattr(x_transformers, "AutoregressiveWrapper", AutoregressiveWrapper)
     monkeypatch.setattr(xt_module, "AutoregressiveWrapper", AutoregressiveWrapper)
     wrapper = xt_module.AutoregressiveWrapper(net)
     assert torch.equal(same_draws(lambda: wrapper.generate(prompts, 6)), expected)
-    found = arwrap_cpp.dropin.x_transformers_wrapper()
+    found = arwrap_cpp.bridge.x_transformers_wrapper()
     assert found is not AutoregressiveWrapper and found.__module__ == "x_transformers.autoregressive_wrapper"
-    monkeypatch.setattr(arwrap_cpp.dropin, "_xt_class", None)
+    monkeypatch.setattr(arwrap_cpp.bridge, "_xt_class", None)
 
 
 def test_swap_by_import_in_a_training_script():

@@ -8,13 +8,9 @@ import arwrap_cpp
 
 # ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
 
-cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
-    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
-)
 
 
-@cuda
+@pytest.mark.cuda
 def test_wrapper_on_cuda_matches_x_transformers():
     xt = pytest.importorskip("x_transformers")  # skipped, not an ImportError, without it (bench/wheels brings it)
     XT, Decoder, TransformerWrapper = xt.AutoregressiveWrapper, xt.Decoder, xt.TransformerWrapper
@@ -30,7 +26,7 @@ def test_wrapper_on_cuda_matches_x_transformers():
     torch.testing.assert_close(c, XT(net)(x), rtol=1e-4, atol=1e-5)
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("add_attn_z_loss", [False, True])
 def test_native_net_cuda_equals_cpu(add_attn_z_loss):
     """The native net on the GPU (SDPA, attention_lse, the linear cross-entropy's CUDA

@@ -224,7 +224,8 @@ def test_documented_usage_training_step():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0] - 0.05, losses
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match="sequence length of 1025 but your absolute positional embedding has a "
+                                             "max sequence length of 1024"):
         XTWrapper(model.net)(x)
 
 
@@ -359,3 +360,25 @@ def test_fused_head_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="return_outputs=True needs the logits"):
         loss, (logits, _) = w2(x, return_outputs=True)
     assert logits.shape == (3, SEQ - 1, V)
+
+
+def test_the_cpp_wrapper_is_built_once_and_rebuilt_when_an_option_changes():
+    """_C.ARWrapper is built on the first forward and kept; changing an option it holds
+    rebuilds it; a deepcopy builds its own (the net's keyword arguments still reach the net)."""
+    import copy
+
+    net = TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = AutoregressiveWrapper(net)
+    x = torch.randint(0, 32, (2, 9))
+    first = model(x)
+    core = model._core_cache[1]
+    assert torch.equal(model(x), first) and model._core_cache[1] is core
+    model.ignore_index = 5
+    model(x)
+    assert model._core_cache[1] is not core
+    twin = copy.deepcopy(model)
+    assert twin._core_cache is None
+    torch.testing.assert_close(twin(x), model(x))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_argument'"):
+        model(x, no_such_argument=1)
+    assert model._call_kwargs == {}

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import arwrap_cpp
 from arwrap_cpp import cross_entropy, linear_cross_entropy
+from conftest import DEVICES
 from op_references import reference_cross_entropy as ref
 
 
@@ -266,14 +267,10 @@ def test_device_generic_path_all_ignored_and_bf16():
 
 # ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
 
-cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
-    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
-)
 CUDA_TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_linear_cross_entropy_cuda_equals_cpu(dtype, reduction):
@@ -295,5 +292,54 @@ def test_linear_cross_entropy_cuda_equals_cpu(dtype, reduction):
         assert (a - c).abs().max() <= tol * c.abs().max().clamp(min=1e-6)
 
 
+# ---------------------------------------------------------------- the bf16 weight gradient, float32 output
 
 
+def lce_float64_reference(h, W, t, ignore_index=-100):
+    """dloss/dW (mean reduction) of F.cross_entropy(h W^T) in float64 from the given values."""
+    hd, Wd = h.double().requires_grad_(False), W.double().clone().requires_grad_(True)
+    loss = F.cross_entropy(hd @ Wd.T, t, ignore_index=ignore_index)
+    (gW,) = torch.autograd.grad(loss, Wd)
+    return loss.detach(), gW
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("generic", [False, True])
+def test_bf16_weight_gradient_matches_the_float32_product(device, generic):
+    """The weight gradient of the bf16 linear cross-entropy is accumulated over row tiles
+    as bf16 x bf16 products with a float32 result (or the float32 product where the
+    backend has no such kernel): it must match the float32 product of the same bf16
+    values within bf16 rounding of the result, over several tiles (N = 300 > 64 rows)."""
+    if generic and device != "cpu":
+        pytest.skip("the generic op is the CUDA kernel itself on a GPU")
+    N, D, V = 300, 48, 1009
+    h = (torch.randn(N, D) / 2).bfloat16().to(device)
+    W = (torch.randn(V, D) / 4).bfloat16().to(device)
+    t = torch.randint(0, V, (N,), device=device)
+    t[::7] = -100
+    if generic:  # the device-generic tile loop (the CUDA kernel) on the CPU
+        loss, _, _, gW, _ = torch.ops.arwrap._linear_cross_entropy_forward_generic(
+            h, W, None, t, -100, 1, 0.0, 0.0, [False, True, False])
+    else:
+        Wr = W.clone().requires_grad_(True)
+        loss = arwrap_cpp.linear_cross_entropy(h, Wr, t)
+        (gW,) = torch.autograd.grad(loss, Wr)
+    assert gW.dtype == torch.bfloat16 and gW.shape == W.shape
+    ref_loss, ref_gW = lce_float64_reference(h.cpu(), W.cpu(), t.cpu())
+    assert abs(loss.item() - ref_loss.item()) < 1e-3 * abs(ref_loss.item())
+    err = (gW.cpu().double() - ref_gW).abs().max().item()
+    scale = ref_gW.abs().max().item()
+    # the logits tile is bf16 (as in any bf16 model), so allow a few bf16 ulps of the largest entry
+    assert err <= 2**-6 * scale, (err, scale)
+
+
+@pytest.mark.cuda
+def test_cuda_torch_has_the_low_precision_product_with_float32_output():
+    """The fast path of fix 1 on this GPU's torch: bf16 x bf16 -> float32 (addmm.dtype_out
+    accumulating into a float32 buffer). If this fails, the kernels fall back to the
+    float32 upcast (correct, slower): record it in the results."""
+    a = torch.randn(64, 32, device="cuda").bfloat16()
+    b = torch.randn(32, 48, device="cuda").bfloat16()
+    acc = torch.ones(64, 48, device="cuda")
+    torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    torch.testing.assert_close(acc, 1 + a.float() @ b.float(), rtol=1e-5, atol=1e-5)

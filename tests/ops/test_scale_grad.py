@@ -1,22 +1,17 @@
 """scale_grad_, the internal operator of the fused backwards' rescale (issue 16 part A,
-finding 2; moved here from tests/ops/test_cuda_preflight.py), and the fused backward of
+finding 2), and the fused backward of
 cross_entropy and linear_cross_entropy that uses it: in place on the first backward, from
-the carried scale on a second one. Parametrised by device: the "cuda" cases are skipped,
-with the reason, without a GPU.
+the carried scale on a second one. Parametrised by device: the "cuda" cases carry the `cuda` marker
+(tests/conftest.py) and are skipped, with the reason, without a GPU.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import arwrap_cpp
+from conftest import DEVICES
 from op_references import reference_cross_entropy as ref_ce
 
-HAS_CUDA = torch.cuda.is_available() and arwrap_cpp.built_with_cuda()
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and libarwrap built "
-                                                                      "with its CUDA kernels")),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -168,13 +168,9 @@ def test_bad_input_names_the_argument():
 
 # ---------------------------------------------------------------- on a GPU (from the former tests/test_cuda.py)
 
-cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and arwrap_cpp.built_with_cuda()),
-    reason="needs a CUDA device and libarwrap built with its CUDA kernels",
-)
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("keep_last", [False, True])
 @pytest.mark.parametrize("mask_token_id", [None, 7])
 def test_shift_tokens_cuda_equals_cpu(keep_last, mask_token_id, monkeypatch):
@@ -196,7 +192,7 @@ def test_shift_tokens_cuda_equals_cpu(keep_last, mask_token_id, monkeypatch):
         arwrap_cpp.shift_tokens(bad.cuda())
 
 
-@cuda
+@pytest.mark.cuda
 def test_shift_tokens_cuda_opcheck():
     x = torch.randint(0, 9, (3, 8), device="cuda")
     torch.library.opcheck(torch.ops.arwrap.shift_tokens.default,

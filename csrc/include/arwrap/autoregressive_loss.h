@@ -11,25 +11,32 @@
 // and arwrap operators it calls), so both give the same numbers.
 #pragma once
 
+#include <arwrap/defaults.h>
+#include <arwrap/option_fields.h>
+
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace arwrap {
 
 struct AutoregressiveLossOptions {
   TORCH_ARG(int64_t, prepend_len) = 0;  // positions of prepend_embeds at the front of the net's outputs
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   TORCH_ARG(bool, output_is_log_prob) = false;  // F.nll_loss instead of cross-entropy (mixture of softmaxes)
   // the cross-entropy writes its gradient over the logits (nobody reads them afterwards)
   TORCH_ARG(bool, inplace_backward) = false;
   TORCH_ARG(double, head_scale) = 1.0;  // fused head: logits = (head_scale * h) W^T + b
-  TORCH_ARG(double, next_embed_loss_weight) = 0.1;
-  TORCH_ARG(double, looped_loss_threshold_exit) = 0.05;
-  TORCH_ARG(double, looped_loss_slope) = 50.0;
-  TORCH_ARG(double, looped_exit_loss_weight) = 1.0;
+  TORCH_ARG(double, next_embed_loss_weight) = defaults::next_embed_loss_weight;
+  TORCH_ARG(double, looped_loss_threshold_exit) = defaults::looped_loss_threshold_exit;
+  TORCH_ARG(double, looped_loss_slope) = defaults::looped_loss_slope;
+  TORCH_ARG(double, looped_exit_loss_weight) = defaults::looped_exit_loss_weight;
 };
+
+// AutoregressiveLossOptions' table (option_fields.h), in the operator schema's order.
+std::vector<OptionField> autoregressive_loss_fields();
 
 // The net's outputs, as x-transformers' TransformerWrapper returns them (p = prepend_len,
 // m >= n positions fed; only the first n after the prepended ones are scored):

@@ -3,6 +3,7 @@
 // (implemented in csrc/modules/generate.cpp and beam_search.cpp).
 #pragma once
 
+#include <arwrap/option_fields.h>
 #include <arwrap/transformer_options.h>
 
 #include <ATen/core/Generator.h>
@@ -49,6 +50,9 @@ struct GenerateOptions {
   TORCH_ARG(std::vector<ContrastiveAmateur>, amateurs) = {};
 };
 
+// GenerateOptions' table (option_fields.h): its scalar fields and their defaults.
+std::vector<OptionField> generate_fields();
+
 // prompts: (b, t) or (t,) int64; weights: parameter_specs() order. Returns the seq_len
 // generated tokens (b, seq_len) (or (seq_len,)), without the prompt, as x-transformers does.
 at::Tensor generate(const TransformerWrapperOptions& options, at::TensorList weights, const at::Tensor& prompts,
@@ -65,6 +69,9 @@ struct BeamSearchOptions {
   // restrict_to_max_seq_len and prompt_lens as for generate (eos_token and amateurs are refused)
   TORCH_ARG(GenerateOptions, sampling) = GenerateOptions().filter_logits_fn("none");
 };
+
+// BeamSearchOptions' table: beams, stochastic, and the filter beam search defaults to.
+std::vector<OptionField> beam_search_fields();
 
 // prompts (b, t) or (t,). Returns (beams (b, beams, seq_len), scores (b, beams)), best first
 // ((beams, seq_len), (beams) for a 1-D prompt).

@@ -8,7 +8,9 @@
 // (TorchScriptNet, here) and a Python module (in the Python bindings).
 #pragma once
 
+#include <arwrap/defaults.h>
 #include <arwrap/ops.h>
+#include <arwrap/option_fields.h>
 
 #include <ATen/core/ivalue.h>
 #include <torch/arg.h>
@@ -96,17 +98,17 @@ class TorchScriptNet : public Net {
 };
 
 struct ARWrapperOptions {
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   TORCH_ARG(int64_t, pad_value) = 0;
   // key masking (x-transformers' self_attn_kv_mask), or token replacement with mask_token_id
   TORCH_ARG(double, mask_prob) = 0.0;
   TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
   TORCH_ARG(bool, add_attn_z_loss) = false;
-  TORCH_ARG(double, next_embed_loss_weight) = 0.1;
+  TORCH_ARG(double, next_embed_loss_weight) = defaults::next_embed_loss_weight;
   // a looped net's exit-gate training (x-transformers' looped_* arguments)
-  TORCH_ARG(double, looped_loss_threshold_exit) = 0.05;
-  TORCH_ARG(double, looped_loss_slope) = 50.0;
-  TORCH_ARG(double, looped_exit_loss_weight) = 1.0;
+  TORCH_ARG(double, looped_loss_threshold_exit) = defaults::looped_loss_threshold_exit;
+  TORCH_ARG(double, looped_loss_slope) = defaults::looped_loss_slope;
+  TORCH_ARG(double, looped_exit_loss_weight) = defaults::looped_exit_loss_weight;
   // When the net exposes a linear head: take its final embeddings and compute the
   // loss with the fused linear cross-entropy, never materialising the logits
   // (not with return_outputs, which needs them).
@@ -117,6 +119,9 @@ struct ARWrapperOptions {
   // constructor calls it; Python's AutoregressiveWrapper too, at construction).
   void validate() const;
 };
+
+// ARWrapperOptions' table (option_fields.h): the fields and their defaults.
+std::vector<OptionField> wrapper_fields();
 
 struct ARForwardArgs {
   TORCH_ARG(std::optional<at::Tensor>, lens) = std::nullopt;            // (b,)
@@ -131,6 +136,23 @@ struct AROutput {
   at::Tensor logits;  // (b, n, V) with return_outputs, else undefined
   c10::IValue cache;  // the net's intermediates with return_outputs
 };
+
+// The part of the step before the net, written once: ARWrapperImpl::forward calls it, and so
+// does the Python wrapper under torch.compile (the operator autoregressive_wrapper_inputs).
+//   shift (and mask) the tokens -> narrow them to the n positions that predict (all n + 1 with
+//   `full`: the auxiliary losses score every position) -> the key mask (masking keys, unless
+//   mask_token_id replaces the tokens) -> prepend_embeds and its offset.
+struct StepInputs {
+  NetInputs net;             // tokens, self_attn_kv_mask, prepend_embeds (the return_* flags unset)
+  at::Tensor target;         // (b, n) int64
+  int64_t prepend_len = 0;   // positions prepend_embeds adds in front of the net's outputs
+};
+StepInputs prepare_step(const at::Tensor& x, const ARForwardArgs& args, const ARWrapperOptions& options, bool full);
+
+// The head the loss is fused with (the net's final embeddings, never the logits), or none:
+// when fused_head asks for it (or the net prefers it and has no continuous head), the net
+// exposes a linear head, the caller wants no logits back and the outputs are not log-probabilities.
+std::optional<LinearHead> fused_head_of(const Net& net, const ARWrapperOptions& options, bool return_outputs);
 
 class ARWrapperImpl : public torch::nn::Cloneable<ARWrapperImpl> {
  public:

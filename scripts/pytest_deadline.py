@@ -1,5 +1,5 @@
 """A per-test time limit for machines without pytest-timeout (the offline GPU machine):
-`python -m pytest -p pytest_deadline` with bench/ on PYTHONPATH (bench/gpu_check.sh does
+`python -m pytest -p pytest_deadline` with scripts/ on PYTHONPATH (scripts/gpu_check.sh does
 this when pytest_timeout cannot be imported).
 
 ARWRAP_TEST_TIMEOUT_S (default 120): after that long a test fails with a TimeoutError

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Downloads, on a machine with network, the wheels bench/gpu_check.sh installs on the
+# Downloads, on a machine with network, the wheels scripts/gpu_check.sh installs on the
 # GPU machine (which has none): the test dependencies and the benchmark anchors
 # (Liger-Kernel, Cut Cross-Entropy), for Python 3.12. Torch and triton are already there.
 # Then run gpu_check.sh through the device tool with carry=["bench/wheels"].
 # gpu_check.sh installs only the distributions the machine lacks (by name, --no-deps), so
 # the packages its image already has (numpy, pytest, pluggy, ...) are never replaced;
 # they stay in this list for an image without them. pytest-timeout gives the tests a
-# per-test limit (without it, gpu_check.sh uses bench/pytest_deadline.py).
+# per-test limit (without it, gpu_check.sh uses scripts/pytest_deadline.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/bench/wheels"

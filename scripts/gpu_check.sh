@@ -3,10 +3,10 @@
 # pre-flight, build libarwrap with its CUDA kernels against the torch there, a smoke test,
 # the CUDA tests (a time limit per test), the benchmark (each row written as it finishes,
 # the autotuning contenders last), and a summary.
-#   (here)   bench/fetch_gpu_wheels.sh
-#   (device) run command="bash bench/gpu_check.sh" carry=["bench/wheels"] timeout_s=600
-#   bash bench/gpu_check.sh --preflight-only     # only the checks of step 1
-#   GPU_CHECK_STEPS="tests bench" bash bench/gpu_check.sh   # a second call on the same
+#   (here)   scripts/fetch_gpu_wheels.sh
+#   (device) run command="bash scripts/gpu_check.sh" carry=["bench/wheels"] timeout_s=600
+#   bash scripts/gpu_check.sh --preflight-only     # only the checks of step 1
+#   GPU_CHECK_STEPS="tests bench" bash scripts/gpu_check.sh   # a second call on the same
 #       (warm) machine: the build is incremental (build/gpu is kept), so it may be left out
 #
 # Everything goes to the terminal and, as it comes (tee, unbuffered), to
@@ -179,12 +179,12 @@ if want tests && [[ -z "${SMOKE_FAILED:-}" ]]; then
     TO=(--timeout="$ARWRAP_TEST_TIMEOUT_S")
   else
     TO=(-p pytest_deadline)
-    export PYTHONPATH="$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  # the CUDA variants live beside their operator (tests/ops) and module (tests/modules);
-  # the pre-flight tests run whole (their CPU variants too), scale_grad_'s as well
-  tests_cmd='"$0" -m pytest -v -rfE "${@:2}" --junitxml="$1/junit.xml" -k "cuda or preflight or scale_grad" tests/ops \
-    tests/modules/test_transformer_cuda.py 2>&1 | tee "$1/tests.log"; exit "${PIPESTATUS[0]}"'
+  # every test that needs a GPU carries the `cuda` marker (tests/conftest.py), beside its
+  # operator (tests/ops) or module (tests/modules), whatever its name
+  tests_cmd='"$0" -m pytest -v -rfE "${@:2}" --junitxml="$1/junit.xml" -m cuda tests/ops tests/modules \
+    2>&1 | tee "$1/tests.log"; exit "${PIPESTATUS[0]}"'
   reserve=0; want bench && reserve=200  # leave the benchmark about 200 s
   step "tests" $(( $(left) - reserve )) bash -c "$tests_cmd" "$PY" "$OUT" "${TO[@]}"
 fi
