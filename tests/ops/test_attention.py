@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import arwrap_cpp
-from op_references import reference_attention, skip_reason
+from op_references import reference_attention
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -233,7 +233,7 @@ def test_bad_key_mask():
         arwrap_cpp.attention(q, q, q, key_mask=torch.ones(1, 6))
 
 
-@pytest.mark.skipif(skip_reason("cuda") is not None, reason=skip_reason("cuda") or "")
+@pytest.mark.cuda
 @pytest.mark.parametrize("masked", [False, True])
 def test_cuda_matches_cpu(masked):
     """The CUDA route (PyTorch's efficient attention; the reference path with a key mask)."""
