@@ -3,9 +3,9 @@
 // operator runs on a GPU without a CUDA kernel of ours; what it does not take (a key mask,
 // causal with fewer queries than keys, float64) goes through the plain ATen reference path
 // (../attention_math.h). A .cpp: it composes dispatched operators, so it is compiled in every
-// build. NOT YET RUN ON A GPU (no device was lent while it was written): the padding of the
-// log-sum-exp to a multiple of 32 rows follows PyTorch's mem-efficient kernel and is checked
-// by tests/ops/test_attention.py's CUDA cases, which skip without a GPU.
+// build. It has not yet run on a GPU: the padding of the log-sum-exp to a multiple of 32 rows
+// follows PyTorch's mem-efficient kernel and is checked by tests/ops/test_attention.py's CUDA
+// case (marked cuda), which skips without a GPU.
 #include "../attention_args.h"
 #include "../attention_math.h"
 
