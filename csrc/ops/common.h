@@ -47,6 +47,14 @@ inline Reduction parse_reduction(std::string_view r) {
   TORCH_CHECK_VALUE(false, "cross_entropy: reduction must be 'mean', 'sum' or 'none', got '", r, "'");
 }
 
+// The factor each row's loss and gradient take under a reduction, for an upstream gradient
+// `upstream` of the reduced loss: upstream / count for mean (0 when nothing is scored),
+// upstream for sum, 1 for none (whose rows take their own upstream gradients).
+inline double reduction_scale(Reduction r, int64_t count, double upstream = 1.0) {
+  if (r == Reduction::Mean) return count > 0 ? upstream / static_cast<double>(count) : 0.0;
+  return r == Reduction::Sum ? upstream : 1.0;
+}
+
 inline Reduction to_reduction(int64_t r) {
   TORCH_CHECK_VALUE(r >= 0 && r <= 2, "cross_entropy: internal reduction code must be 0, 1 or 2, got ", r);
   return static_cast<Reduction>(r);

@@ -19,8 +19,9 @@
 //   };
 //
 // and registers them with register_cross_entropy_kernels<Backend>(m) inside its
-// TORCH_LIBRARY_IMPL(arwrap, <key>, m). The Meta kernels (meta/cross_entropy_kernel.cpp)
-// share the same checks and allocation through common.h.
+// TORCH_LIBRARY_IMPL(arwrap, <key>, m). The Meta kernels (meta/cross_entropy_kernel.cpp) are
+// the same entries over a backend whose sweeps do nothing (as xformers' kIsMeta): the checks,
+// the in-place rules and the allocation are the real ones, written once here.
 #pragma once
 
 #include "common.h"
@@ -80,6 +81,7 @@ struct CrossEntropyEntries {
                              const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                              int64_t ignore_index, int64_t reduction, double label_smoothing, double z_loss_weight) {
     check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+    check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target, lse, to_reduction(reduction));
     at::Tensor grad = Backend::empty_grad(logits);
     Backend::backward(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction),
                       label_smoothing, z_loss_weight, grad);
@@ -91,6 +93,7 @@ struct CrossEntropyEntries {
                                int64_t ignore_index, int64_t reduction, double label_smoothing,
                                double z_loss_weight) {
     check_cross_entropy_args(logits, target, label_smoothing, z_loss_weight);
+    check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target, lse, to_reduction(reduction));
     check_cross_entropy_inplace(logits);
     Backend::backward(grad_loss, grad_lse, logits, target, lse, ignore_index, to_reduction(reduction),
                       label_smoothing, z_loss_weight, logits);

@@ -3,8 +3,8 @@
 // materialising the logits; C++ autograd (autograd/linear_cross_entropy_kernel.cpp).
 //
 // Its internal operators (CPU: cpu/linear_cross_entropy_kernel.cpp, a fused row sweep;
-// CUDA: composite/linear_cross_entropy_kernel.cpp, the tile loop over cuBLAS GEMMs and the
-// cross-entropy operators; Meta: meta/linear_cross_entropy_kernel.cpp):
+// CUDA: composite/linear_cross_entropy_kernel.cpp, the device-generic tile loop over the
+// GEMMs (cuBLAS) and the cross-entropy operators; Meta: meta/linear_cross_entropy_kernel.cpp):
 //   linear_cross_entropy_forward   loss, lse and (for an upstream 1) the gradients
 //                                  selected by output_mask, in one sweep of row tiles
 //   linear_cross_entropy_backward  the gradients for any upstream gradient

@@ -579,3 +579,21 @@ def test_row_sweep_splits_unaligned_rows_at_odd_vocabularies():
     V, elem = 50257, 2
     unaligned = sum((r * V * elem) % 16 != 0 for r in range(64))
     assert unaligned == 56
+
+
+def test_meta_kernels_check_what_the_real_ones_check():
+    """The Meta kernels are the real entries over sweeps that do nothing: the in-place
+    variants refuse logits without unit stride, and the backward checks its arguments,
+    on fake/meta tensors as on the CPU."""
+    for device in ("cpu", "meta"):
+        z = torch.randn(4, 10, device=device).t()  # stride(-1) != 1
+        t = torch.zeros(10, dtype=torch.long, device=device)
+        with pytest.raises(ValueError, match="inplace_backward needs logits with unit stride"):
+            torch.ops.arwrap.cross_entropy_forward_grad_(z, t, -100, 1, 0.0, 0.0)
+        zc = torch.randn(10, 4, device=device)
+        lse = torch.zeros(10, device=device)
+        with pytest.raises(ValueError, match="inplace_backward needs logits with unit stride"):
+            torch.ops.arwrap.cross_entropy_backward_(torch.ones((), device=device), None, z, t, lse, -100, 1, 0.0, 0.0)
+        g = torch.ones(3, device=device)  # a reduced loss takes a scalar upstream gradient
+        with pytest.raises(ValueError, match="grad_loss"):
+            torch.ops.arwrap.cross_entropy_backward(g, None, zc, t, lse, -100, 1, 0.0, 0.0)

@@ -54,3 +54,17 @@ def test_every_operator_source_file_has_a_row():
         if p.name == "ops.cpp":
             continue
         assert p.stem in {op.rstrip("_") for op in rows}, f"{p.name} has no row in the table"
+
+
+def test_every_column_is_where_its_name_says():
+    """A reader guesses each file by name and is right: the cpu, cuda and meta kernels are
+    csrc/ops/<key>/<op>_kernel.* (or composite/ for device-generic code registered for several
+    keys), a public operator's Python face is ops.py, an internal one has none."""
+    for op, files in operator_rows().items():
+        stem = op.rstrip("_")
+        for key in ("cpu", "cuda", "meta"):
+            path = files[key]
+            assert re.fullmatch(rf"csrc/ops/({key}|composite)/{stem}_kernel\.(cpp|cu)", path), f"{op}: {key} is {path}"
+            if key == "cuda" and path.endswith(".cpp"):  # a .cpp composes operators: device-generic, composite/
+                assert path.startswith("csrc/ops/composite/"), f"{op}: a CUDA .cpp belongs in composite/: {path}"
+        assert files["python face"] == ("python/arwrap_cpp/ops.py" if op in PUBLIC else "none (internal)"), op

@@ -19,6 +19,7 @@
 #include "../detail.h"
 #include "../tracing.h"
 #include "function.h"
+#include "scaled_grads.h"
 
 #include <ATen/ops/div.h>
 #include <ATen/ops/mul.h>
@@ -85,34 +86,14 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     auto saved = ctx->get_saved_variables();
 
     if (ctx->saved_data["fused"].toBool()) {
-      at::Tensor grad = saved[0];
       if (!grad_loss.defined()) return out;
-      if (!has_real_data(grad) || !has_real_data(grad_loss)) {  // traced: out of place, no reads
-        out[0] = at::mul(grad, grad_loss);
-        return out;
-      }
-      if (!ctx->saved_data.count("scaled_by")) {
-        // First backward: bring the buffer (ours, or the logits with inplace_backward) to the
-        // upstream gradient in place. scale_grad_ reads it where it lives: no host sync on a
-        // GPU, and no pass over the buffer when it is 1.
-        {
-          at::AutoDispatchBelowADInplaceOrView guard;
-          detail::scale_grad_(grad, grad_loss);
-        }
-        ctx->saved_data["scaled_by"] = grad_loss.detach().clone();
-        out[0] = grad;
-        return out;
-      }
-      // A second backward (retain_graph; rare, so one host read): out of place, from the
-      // scale the buffer now carries. The logits' buffer of inplace_backward is refused
-      // once rescaled: it may have been handed on and accumulated into.
-      const double first = ctx->saved_data["scaled_by"].toTensor().item<double>();
-      TORCH_CHECK(!inplace || first == 1.0,
+      ScaledGrads scaled(ctx, grad_loss, "cross_entropy");  // in place once, then from the carried scale
+      // The logits' buffer of inplace_backward is refused once rescaled: it may have been
+      // handed on and accumulated into.
+      TORCH_CHECK(scaled.first() || !inplace || scaled.carried() == 1.0,
                   "cross_entropy(inplace_backward=True): this graph's gradient buffer was already rescaled by an "
                   "earlier backward; run backward once, or use inplace_backward=False with retain_graph=True");
-      TORCH_CHECK(first != 0.0, "cross_entropy: a second backward after one with a zero upstream gradient cannot "
-                                "rescale the saved gradient");
-      out[0] = first == 1.0 ? at::mul(grad, grad_loss) : at::mul(grad, at::div(grad_loss, at::Scalar(first)));
+      out[0] = scaled(saved[0]);
       return out;
     }
 

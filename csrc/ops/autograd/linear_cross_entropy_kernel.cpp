@@ -8,6 +8,7 @@
 #include "../detail.h"
 #include "../tracing.h"
 #include "function.h"
+#include "scaled_grads.h"
 
 #include <ATen/ops/div.h>
 #include <ATen/ops/mul.h>
@@ -43,39 +44,12 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
         fused ? output_mask : std::array<bool, 3>{false, false, false});
     ctx->saved_data["fused"] = fused;
     if (fused) {
-      ctx->saved_data["applied"] = 1.0;  // the scale the saved gradients carry
       ctx->save_for_backward({gh, gw, gb});
     } else if (any) {
       ctx->save_for_backward({hidden, weight, bias, target});
     }
     if (!(return_lse && any)) ctx->mark_non_differentiable({lse});
     return {loss, lse};
-  }
-
-  // The fused gradients brought to a device-resident upstream gradient without reading it
-  // on the host: in place on the first backward (scale_grad_: no pass when it is 1), out
-  // of place from the scale they carry on a later one (retain_graph; one host read).
-  static variable_list rescale_on_device(AutogradContext* ctx, const variable_list& saved, const at::Tensor& grad_loss,
-                                         const c10::List<bool>& output_mask, variable_list& out) {
-    const bool first_time = !ctx->saved_data.count("scaled_by");
-    double first = 1.0;
-    if (!first_time) {
-      first = ctx->saved_data["scaled_by"].toTensor().item<double>();
-      TORCH_CHECK(first != 0.0, "linear_cross_entropy: a second backward after one with a zero upstream "
-                                "gradient cannot rescale the saved gradients");
-    }
-    for (int k = 0; k < 3; ++k) {
-      if (!output_mask.get(k) || saved[k].numel() == 0) continue;
-      if (first_time) {
-        at::AutoDispatchBelowADInplaceOrView guard;
-        detail::scale_grad_(saved[k], grad_loss);
-        out[k] = saved[k];
-      } else {
-        out[k] = first == 1.0 ? at::mul(saved[k], grad_loss) : at::mul(saved[k], at::div(grad_loss, at::Scalar(first)));
-      }
-    }
-    if (first_time) ctx->saved_data["scaled_by"] = grad_loss.detach().clone();
-    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -86,28 +60,10 @@ class LinearCrossEntropyFunction : public torch::autograd::Function<LinearCrossE
     auto saved = ctx->get_saved_variables();
     if (ctx->saved_data["fused"].toBool()) {
       if (!grad_loss.defined()) return out;
-      // Scale the saved gradients in place to the upstream gradient (they are ours);
-      // a second backward (retain_graph) rescales from the scale they carry.
-      const double applied = ctx->saved_data["applied"].toDouble();
-      at::Tensor factor;
-      double g = 0.0;
-      const bool eager = grad_loss.is_cpu() && has_real_data(grad_loss);
-      if (eager) g = grad_loss.item<double>();
-      if (!eager && has_real_data(grad_loss)) return rescale_on_device(ctx, saved, grad_loss, output_mask, out);
+      ScaledGrads scaled(ctx, grad_loss, "linear_cross_entropy");  // in place once, then from the carried scale
       for (int k = 0; k < 3; ++k) {
-        if (!output_mask.get(k) || saved[k].numel() == 0) continue;
-        if (!eager) {
-          out[k] = at::mul(saved[k], grad_loss);
-        } else if (g == applied) {
-          out[k] = saved[k];
-        } else {
-          TORCH_CHECK(applied != 0.0, "linear_cross_entropy: a second backward after one with a zero upstream "
-                                      "gradient cannot rescale the saved gradients");
-          at::AutoDispatchBelowADInplaceOrView guard;
-          out[k] = saved[k].mul_(g / applied);
-        }
+        if (output_mask.get(k) && saved[k].numel() != 0) out[k] = scaled(saved[k]);
       }
-      if (eager) ctx->saved_data["applied"] = g;
       return out;
     }
     at::AutoDispatchBelowADInplaceOrView guard;

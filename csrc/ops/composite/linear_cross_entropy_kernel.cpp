@@ -1,9 +1,9 @@
-// CUDA kernel of linear_cross_entropy_{forward,backward}: the fused linear
+// The device-generic kernel of linear_cross_entropy_{forward,backward}: the fused linear
 // cross-entropy from dispatched operators only, the tile loop of ../linear_tiles.h
 // (GEMMs: cuBLAS on CUDA), each logits tile turned into its loss and lse by the
 // cross-entropy forward, then into its gradient by the in-place cross-entropy backward.
-// A .cpp, not a .cu: it composes ATen and the cross_entropy operators, so it is compiled
-// in every build; registered for CUDA, and for every device as
+// It composes ATen and the cross_entropy operators, so it lives in composite/ and is
+// compiled in every build; registered as the CUDA kernel, and for every device as
 // _linear_cross_entropy_{forward,backward}_generic, so the tests run this code path on
 // the CPU without a GPU (the CPU's own kernel is a faster fused row sweep).
 #include "../common.h"
@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <array>
 
-namespace arwrap::ops::cuda {
+namespace arwrap::ops::composite {
 namespace {
 
 struct Out {
@@ -128,4 +128,4 @@ TORCH_LIBRARY_IMPL(arwrap, CUDA, m) {
   m.impl("linear_cross_entropy_backward", &backward_generic);
 }
 
-}  // namespace arwrap::ops::cuda
+}  // namespace arwrap::ops::composite

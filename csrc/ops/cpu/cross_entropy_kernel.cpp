@@ -43,7 +43,7 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
   const int64_t V = lg.size(-1);
   const int64_t N = target.numel();
   const int64_t count = count_valid_targets(target, V, ignore_index);
-  const double c = reduction == Reduction::Mean ? (count > 0 ? 1.0 / static_cast<double>(count) : 0.0) : 1.0;
+  const double c = reduction_scale(reduction, count);
 
   std::vector<double> row_losses(static_cast<size_t>(N));
   std::vector<double> lse_rows(static_cast<size_t>(N));
@@ -64,7 +64,7 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
 void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
                    const at::Tensor& target_in, const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction,
                    double label_smoothing, double z_loss_weight, const at::Tensor& grad) {
-  check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target_in, lse_in, reduction);
+  // (the arguments are checked by the entry, cross_entropy_entries.h)
   const at::Tensor lg = logits.stride(-1) == 1 ? logits : logits.contiguous();
   const at::Tensor target = target_in.contiguous();
   const std::vector<double> lsev = read_rows(lse_in);
@@ -74,9 +74,7 @@ void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>&
   const int64_t V = lg.size(-1);
   const int64_t count = count_valid_targets(target, V, ignore_index);
   const double* glp = glv.data();
-  double scale = 1.0;
-  if (reduction == Reduction::Mean) scale = count > 0 ? static_cast<double>(glp[0]) / static_cast<double>(count) : 0.0;
-  if (reduction == Reduction::Sum) scale = glp[0];
+  const double scale = reduction_scale(reduction, count, reduction == Reduction::None ? 1.0 : glp[0]);
   cross_entropy_rows_backward(lg, target.data_ptr<int64_t>(), ignore_index, label_smoothing, z_loss_weight,
                               lsev.data(), scale, reduction == Reduction::None ? glp : nullptr, has_glse ? glsev.data() : nullptr, grad);
 }

@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
   auto out = alloc_cross_entropy_outputs(hidden.select(-1, 0), target, kind);
   const int64_t count = count_valid_targets(target.reshape({-1}).contiguous(), weight.size(0), ignore_index,
                                             "linear_cross_entropy");
-  const double c = kind == Reduction::Mean ? (count > 0 ? 1.0 / static_cast<double>(count) : 0.0) : 1.0;
+  const double c = reduction_scale(kind, count);
   Result r = run_tiles(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, c, nullptr, nullptr,
                        output_mask);
   write_rows(out.lse, r.lse_rows);
@@ -85,9 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu
   const std::vector<double> grad_loss_rows = read_rows(grad_loss);
   std::vector<double> glse;
   if (grad_lse.has_value() && grad_lse->defined()) glse = read_rows(*grad_lse);
-  double scale = 1.0;
-  if (kind == Reduction::Mean) scale = count > 0 ? grad_loss_rows[0] / static_cast<double>(count) : 0.0;
-  if (kind == Reduction::Sum) scale = grad_loss_rows[0];
+  const double scale = reduction_scale(kind, count, kind == Reduction::None ? 1.0 : grad_loss_rows[0]);
   Result r = run_tiles(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss_weight, scale,
                        kind == Reduction::None ? grad_loss_rows.data() : nullptr, glse.empty() ? nullptr : glse.data(),
                        output_mask);

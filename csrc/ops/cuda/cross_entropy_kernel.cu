@@ -286,7 +286,7 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
 void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
                    const at::Tensor& target_in, const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction,
                    double eps, double w, const at::Tensor& grad) {
-  check_cross_entropy_backward_args(grad_loss, grad_lse, logits, target_in, lse_in, reduction);
+  // (the arguments are checked by the entry, cross_entropy_entries.h)
   check_cuda(logits);
   const bool has_glse = grad_lse.has_value() && grad_lse->defined();
   TORCH_CHECK_VALUE(!has_glse || grad_lse->device() == logits.device(), "cross_entropy_backward: grad_lse (",
