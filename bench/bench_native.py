@@ -24,15 +24,11 @@ import time
 from pathlib import Path
 
 from _measure import bench_parser
+from configs import CONFIGS as MODEL_CONFIGS, HEADS, TINY
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("x_transformers", "arwrap_xt_net", "arwrap_native")
-CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1); heads 8, dim_head 64
-    "A": (256, 512, 6, 4, 1025),
-    "B": (256, 256, 4, 8, 513),
-    "C": (32000, 512, 2, 4, 513),
-    "tiny": (64, 64, 2, 2, 65),  # a smoke test of this script
-}
+CONFIGS = {**MODEL_CONFIGS, "tiny": TINY}  # name: (num_tokens, dim, depth, batch, seq_len + 1); heads 8
 GEN = dict(num_tokens=256, dim=512, depth=6, batch=1, prompt=16, new=256)
 
 
@@ -46,13 +42,13 @@ def build(name, V, dim, depth, max_seq_len):
 
     torch.manual_seed(0)
     xt = TransformerWrapper(num_tokens=V, max_seq_len=max_seq_len,
-                            attn_layers=Decoder(dim=dim, depth=depth, heads=8, attn_flash=name.endswith("_flash")))
+                            attn_layers=Decoder(dim=dim, depth=depth, heads=HEADS, attn_flash=name.endswith("_flash")))
     if name.startswith("x_transformers"):
         return XAR(xt), xt
     if name == "arwrap_xt_net":
         return arwrap_cpp.AutoregressiveWrapper(xt, fused_head=True), xt
     net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=max_seq_len,
-                                        attn_layers=arwrap_cpp.Decoder(dim=dim, depth=depth, heads=8))
+                                        attn_layers=arwrap_cpp.Decoder(dim=dim, depth=depth, heads=HEADS))
     net.load_state_dict(xt.state_dict())
     del xt
     return arwrap_cpp.AutoregressiveWrapper(net), net

@@ -38,15 +38,16 @@ import sys
 import time
 from pathlib import Path
 
+from configs import CONFIGS as MODEL_CONFIGS, HEADS, TINY
+
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
               "arwrap_xt_net", "native_fp32", "native_bf16")
-CONFIGS = {  # name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
-    "A": (256, 512, 6, 4, 1025, 8, False),
-    "B": (256, 256, 4, 8, 513, 8, False),
-    "C": (32000, 512, 2, 4, 513, 8, False),
+# name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
+CONFIGS = {
+    **{name: (*c, HEADS, False) for name, c in MODEL_CONFIGS.items()},
     "T": (256, 256, 4, 16, 257, 4, True),  # arwrap-train's default model and batch
-    "tiny": (64, 64, 2, 2, 65, 2, False),  # a smoke test of this script
+    "tiny": (*TINY, 2, False),  # a smoke test of this script
 }
 DIM_HEAD = 64
 

@@ -1,7 +1,7 @@
 // The native net's layers: see layers.h.
 #include "layers.h"
 
-#include "../ops/cpu/small_batch_linear.h"
+#include "small_batch_linear.h"
 
 #include <arwrap/ops.h>
 
@@ -51,7 +51,7 @@ Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
 }
 
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (ops::cpu::small_batch_linear_applies(x, weight, bias)) return ops::cpu::small_batch_linear(x, weight, bias);
+  if (small_batch_linear_applies(x, weight, bias)) return small_batch_linear(x, weight, bias);
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 

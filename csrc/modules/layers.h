@@ -27,7 +27,7 @@ struct Weights {
 Weights unpack_weights(const TransformerWrapperOptions& options, at::TensorList weights);
 
 // x W^T + b: at::linear; on the CPU without autograd and for a few rows (decoding), the small-batch kernel
-// (csrc/ops/cpu/small_batch_linear.h), which streams the weight at the memory's rate.
+// (small_batch_linear.h), which streams the weight at the memory's rate.
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
 
 // LayerNorm (no affine, eps 1e-5) * gamma, or F.normalize(x) * sqrt(dim) * g; with

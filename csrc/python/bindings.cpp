@@ -6,7 +6,7 @@
 #include <arwrap/arwrap.h>
 #include <arwrap/corpus.h>
 
-#include "../ops/cpu/small_batch_linear.h"
+#include "../modules/small_batch_linear.h"
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/extension.h>
@@ -228,12 +228,12 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("path"), py::arg("suffix"), py::arg("max_bytes"));
 
-  // The native net's decoding linear (csrc/ops/cpu/small_batch_linear.h), for its tests.
+  // The native net's decoding linear (csrc/modules/small_batch_linear.h), for its tests.
   m.def("_small_batch_linear", [](const at::Tensor& x, const at::Tensor& weight, std::optional<at::Tensor> bias) {
-    return arwrap::ops::cpu::small_batch_linear(x, weight, bias.value_or(at::Tensor()));
+    return arwrap::layers::small_batch_linear(x, weight, bias.value_or(at::Tensor()));
   });
   m.def("_small_batch_linear_applies", [](const at::Tensor& x, const at::Tensor& weight, std::optional<at::Tensor> bias) {
-    return arwrap::ops::cpu::small_batch_linear_applies(x, weight, bias.value_or(at::Tensor()));
+    return arwrap::layers::small_batch_linear_applies(x, weight, bias.value_or(at::Tensor()));
   });
 
   // ARWrapperOptions::validate, for the Python wrapper's constructor (ValueError naming the value).

@@ -10,6 +10,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .options import IGNORE_INDEX
+
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -17,7 +19,7 @@ def shift_tokens(
     x: Tensor,
     *,
     lens: Optional[Tensor] = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     pad_value: int = 0,
     mask_prob: float = 0.0,
     mask_token_id: Optional[int] = None,
@@ -65,7 +67,7 @@ def cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss_weight: float = 0.0,
@@ -109,7 +111,7 @@ def linear_cross_entropy(
     target: Tensor,
     *,
     bias: Optional[Tensor] = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss_weight: float = 0.0,

@@ -58,13 +58,17 @@ def test_every_operator_source_file_has_a_row():
 
 def test_every_column_is_where_its_name_says():
     """A reader guesses each file by name and is right: the cpu, cuda and meta kernels are
-    csrc/ops/<key>/<op>_kernel.* (or composite/ for device-generic code registered for several
-    keys), a public operator's Python face is ops.py, an internal one has none."""
+    csrc/ops/<key>/<op>_kernel.* registering that key only (a CUDA .cpp composing ATen's CUDA
+    operators included), or composite/ for device-generic code registered for
+    CompositeExplicitAutograd; a public operator's Python face is ops.py, an internal one has none."""
     for op, files in operator_rows().items():
         stem = op.rstrip("_")
         for key in ("cpu", "cuda", "meta"):
             path = files[key]
             assert re.fullmatch(rf"csrc/ops/({key}|composite)/{stem}_kernel\.(cpp|cu)", path), f"{op}: {key} is {path}"
-            if key == "cuda" and path.endswith(".cpp"):  # a .cpp composes operators: device-generic, composite/
-                assert path.startswith("csrc/ops/composite/"), f"{op}: a CUDA .cpp belongs in composite/: {path}"
+            registers = set(re.findall(r"TORCH_LIBRARY_IMPL\(arwrap, (\w+), m\)", (ROOT / path).read_text()))
+            if path.startswith("csrc/ops/composite/"):  # device-generic: registered for a composite key
+                assert "CompositeExplicitAutograd" in registers, f"{op}: {path} is in composite/ but registers {registers}"
+            else:  # a kernel by key registers that key only
+                assert registers == {key.upper() if key != "meta" else "Meta"}, f"{op}: {path} registers {registers}"
         assert files["python face"] == ("python/arwrap_cpp/ops.py" if op in PUBLIC else "none (internal)"), op

@@ -5,6 +5,8 @@
 // autograd works the same from all of them.
 #pragma once
 
+#include <arwrap/defaults.h>
+
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
@@ -19,7 +21,7 @@ namespace arwrap {
 // ---------------------------------------------------------------- shift_tokens
 
 struct ShiftTokensOptions {
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   TORCH_ARG(int64_t, pad_value) = 0;
   TORCH_ARG(double, mask_prob) = 0.0;
   TORCH_ARG(std::optional<int64_t>, mask_token_id) = std::nullopt;
@@ -52,7 +54,7 @@ ShiftedTokens shift_tokens(
 // ---------------------------------------------------------------- cross_entropy
 
 struct CrossEntropyOptions {
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   // "mean" (over non-ignored targets), "sum" or "none"
   TORCH_ARG(std::string, reduction) = "mean";
   TORCH_ARG(double, label_smoothing) = 0.0;
@@ -80,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_with_lse(
 // ---------------------------------------------------------- linear_cross_entropy
 
 struct LinearCrossEntropyOptions {
-  TORCH_ARG(int64_t, ignore_index) = -100;
+  TORCH_ARG(int64_t, ignore_index) = defaults::ignore_index;
   TORCH_ARG(std::string, reduction) = "mean";
   TORCH_ARG(double, label_smoothing) = 0.0;
   TORCH_ARG(double, z_loss_weight) = 0.0;

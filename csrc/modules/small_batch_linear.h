@@ -7,7 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
-namespace arwrap::ops::cpu {
+namespace arwrap::layers {
 
 // The most rows of x it takes (beam search's beams, a small batch); above, a GEMM is better.
 constexpr int64_t kSmallBatchMaxRows = 8;
@@ -22,4 +22,4 @@ bool small_batch_linear_applies(const at::Tensor& x, const at::Tensor& weight, c
 // Each output is one dot product in a fixed order: the result does not depend on the thread count.
 at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
-}  // namespace arwrap::ops::cpu
+}  // namespace arwrap::layers

@@ -1,8 +1,8 @@
 // The small-batch linear of decoding: see small_batch_linear.h.
 #include "small_batch_linear.h"
 
-#include "../tracing.h"
-#include "softmax_simd.h"
+#include "../ops/tracing.h"
+#include "../ops/cpu/softmax_simd.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -11,13 +11,13 @@
 
 #include <algorithm>
 
-namespace arwrap::ops::cpu {
+namespace arwrap::layers {
 
 namespace {
 // float32 on the CPU with real data (not fake or functional tensors under torch.compile: their
 // trace takes at::linear)
 bool float_cpu(const at::Tensor& t) {
-  return t.device().is_cpu() && t.scalar_type() == at::kFloat && has_real_data(t);
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && ops::has_real_data(t);
 }
 }  // namespace
 
@@ -47,7 +47,7 @@ at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight, con
   const float* wp = wc.const_data_ptr<float>();
   const float* bp = bc.defined() ? bc.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
-  const auto dot = simd::kernels().dot;
+  const auto dot = ops::cpu::simd::kernels().dot;
   // rows of W in blocks of about 64 KiB: enough work per task, and each thread streams its own range
   const int64_t grain = std::max<int64_t>(1, (64 * 1024 / 4) / K);
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
@@ -60,4 +60,4 @@ at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight, con
   return y;
 }
 
-}  // namespace arwrap::ops::cpu
+}  // namespace arwrap::layers

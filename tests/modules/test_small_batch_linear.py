@@ -1,4 +1,4 @@
-"""The native net's decoding linear (csrc/ops/cpu/small_batch_linear.h): y = x W^T + b for a few
+"""The native net's decoding linear (csrc/modules/small_batch_linear.h): y = x W^T + b for a few
 rows of x, float32 on the CPU, without autograd. Against a float64 reference on odd shapes, the
 same bits for any thread count, when it applies (and at::linear runs instead), and bad input."""
 import pytest
