@@ -18,11 +18,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import WATCH, bench_parser, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
 
-SHAPES = {  # the step configurations' attention: (batch, heads, seq_len, dim_head)
-    "A": (4, 8, 1024, 64),
-    "B": (8, 8, 512, 64),
-    "T": (16, 4, 256, 64),
-}
+from configs import CONFIGS, DIM_HEAD, HEADS, TRAINER, TRAINER_HEADS  # noqa: E402
+
+# the step configurations' attention: (batch, heads, seq_len, dim_head)
+SHAPES = {name: (c[3], HEADS, c[4] - 1, DIM_HEAD) for name, c in CONFIGS.items() if name in ("A", "B")}
+SHAPES["T"] = (TRAINER[3], TRAINER_HEADS, TRAINER[4] - 1, DIM_HEAD)
 
 
 def isa_note():

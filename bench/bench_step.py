@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from configs import CONFIGS as MODEL_CONFIGS, HEADS, TINY
+from configs import CONFIGS as MODEL_CONFIGS, DIM_HEAD, HEADS, TINY, TRAINER, TRAINER_HEADS
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
@@ -46,10 +46,9 @@ CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "x
 # name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
 CONFIGS = {
     **{name: (*c, HEADS, False) for name, c in MODEL_CONFIGS.items()},
-    "T": (256, 256, 4, 16, 257, 4, True),  # arwrap-train's default model and batch
+    "T": (*TRAINER, TRAINER_HEADS, True),  # arwrap-train's default model and batch
     "tiny": (*TINY, 2, False),  # a smoke test of this script
 }
-DIM_HEAD = 64
 
 
 def is_bf16(contender):

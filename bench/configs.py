@@ -9,5 +9,9 @@ CONFIGS = {
     "C": (32000, 512, 2, 4, 513),
 }
 HEADS = 8
+DIM_HEAD = 64
+# "T": arwrap-train's default model and batch (examples/train/flags.cpp), 4 heads, rotary
+TRAINER = (256, 256, 4, 16, 257)
+TRAINER_HEADS = 4
 # a smoke-test size for a benchmark's own test (not a results row)
 TINY = (64, 64, 2, 2, 65)
