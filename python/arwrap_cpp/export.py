@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import Optional
 
 import torch
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help="the checkpoint file (arwrap-train --checkpoint PATH)")
     parser.add_argument("package", help="the package to write (a .pt2 file)")
     args = parser.parse_args(argv)
+    # torch 2.13's own pytree code warns while exporting (nothing the user can act on)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     try:
         net = load_model(args.checkpoint)
         start = time.perf_counter()

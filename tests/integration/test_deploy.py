@@ -83,6 +83,15 @@ def test_package_in_python_gives_eager_logits_and_generate_tokens(package):
     assert torch.equal(got, net.generate(prompts, 2 * WINDOW, temperature=0.0))
 
 
+def test_package_needs_libarwrap_loaded(package):
+    """The package calls our operator by name: a process without libarwrap cannot load it, and
+    the error says which operator is missing (docs/deploy.md: how a C++ program links it)."""
+    _, path, _ = package
+    code = f"import torch; torch._inductor.aoti_load_package({str(path)!r})"  # no `import arwrap_cpp`
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0 and "Could not find schema for arwrap::transformer_wrapper_decode" in run.stderr
+
+
 @pytest.fixture(scope="module")
 def deploy(tmp_path_factory):
     return build_cmake_project(ROOT / "examples" / "deploy", tmp_path_factory.mktemp("deploy_build") / "build",
