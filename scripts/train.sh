@@ -15,29 +15,9 @@ source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 
 BUILD="${ARWRAP_TRAIN_BUILD:-$ROOT/build/train}"
-PREFIX="$("$VPY" -c 'import arwrap_cpp, torch
-print(arwrap_cpp.cmake_prefix_path + ";" + torch.utils.cmake_prefix_path)')"
 STDLIB="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 
-start=$(date +%s)
-say "building arwrap-train in ${BUILD#$ROOT/} (about a minute the first time)"
-mkdir -p "$BUILD"
-gen=()
-if [[ ! -f "$BUILD/CMakeCache.txt" ]] && command -v ninja >/dev/null 2>&1; then
-  gen=(-G Ninja)
-fi
-if ! cmake -S "$ROOT/examples/train" -B "$BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
-     -DCMAKE_PREFIX_PATH="$PREFIX" > "$BUILD/.configure.log" 2>&1; then
-  tail -30 "$BUILD/.configure.log" >&2
-  say "configuring examples/train failed (log: ${BUILD#$ROOT/}/.configure.log)"
-  exit 1
-fi
-if ! cmake --build "$BUILD" > "$BUILD/.build.log" 2>&1; then
-  tail -40 "$BUILD/.build.log" >&2
-  say "building arwrap-train failed (log: ${BUILD#$ROOT/}/.build.log)"
-  exit 1
-fi
-say "arwrap-train built in $(( $(date +%s) - start )) s"
+cmake_project "$ROOT/examples/train" "$BUILD" arwrap-train
 
 # OpenMP threads that sleep instead of spinning: 3x faster when another process shares the
 # cores, about 4% slower on an idle machine

@@ -11,6 +11,20 @@
 // Outputs that were not asked for are empty (0 elements). Both are
 // CompositeImplicitAutograd: autograd flows through the ATen and arwrap operators
 // they call (the fused linear cross-entropy, attention_lse, SDPA).
+//
+// The inference forward, for torch.export and AOTInductor (no autograd, eval mode):
+//
+//   transformer_wrapper_logits(tokens, weights, config, return_embeddings) -> logits or embeddings
+//   transformer_wrapper_decode(tokens, weights, config, k_cache, v_cache, offset)
+//       -> (logits, k_cache, v_cache)   one decoding step against the key/value cache
+//
+// A composite operator runs its C++ body on fake tensors, which reads concrete sizes and
+// so specialises every dimension; these two have a real kernel (CompositeExplicitAutograd)
+// and a Meta kernel that computes the output shapes from the configuration and the
+// symbolic sizes, so an exported program keeps batch, sequence and cache length dynamic.
+// The caches are every layer's keys (values) stacked, (depth, batch, heads, cached, dim_head)
+// (cached may be 0: the prompt's step); offset (int64, 0-dim) is the absolute position of
+// the first cached one (positions dropped from the front when the window slides).
 #include <arwrap/transformer.h>
 #include <arwrap/wrapper.h>
 
@@ -98,6 +112,102 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> autoregressive_wrapper_inputs(
   return {step.net.tokens, step.target, or_empty(step.net.self_attn_kv_mask, step.target)};
 }
 
+// ------------------------------------------------------------------ the inference forward
+
+// The checks both inference kernels share (real and Meta: sizes read as SymInts), and the
+// sizes of the outputs: batch, new positions, cached positions.
+struct DecodeShape {
+  c10::SymInt b, n, cached;
+};
+
+DecodeShape check_inference_args(const char* where, const TransformerWrapperOptions& o, const at::Tensor& tokens,
+                                 at::TensorList weights, const at::Tensor* k_cache, const at::Tensor* v_cache,
+                                 const at::Tensor* offset) {
+  TORCH_CHECK_VALUE(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, where,
+                    ": tokens must be 2-D int64 (batch, seq_len), got ", tokens.scalar_type(), " ", tokens.sym_sizes());
+  TORCH_CHECK_VALUE(!weights.empty(), where, ": weights must be the net's parameters (parameter_names() order)");
+  DecodeShape s{tokens.sym_size(0), tokens.sym_size(1), 0};
+  if (!k_cache) return s;
+  const auto& d = o.attn_layers();
+  for (const at::Tensor* c : {k_cache, v_cache}) {
+    const char* name = c == k_cache ? "k_cache" : "v_cache";
+    TORCH_CHECK_VALUE(c->dim() == 5 && c->sym_size(0) == d.depth() && c->sym_size(1) == s.b &&
+                          c->sym_size(2) == d.heads() && c->sym_size(4) == d.attn_dim_head(),
+                      where, ": ", name, " must be (depth=", d.depth(), ", batch=", s.b, ", heads=", d.heads(),
+                      ", cached, dim_head=", d.attn_dim_head(), "), got ", c->sym_sizes());
+    TORCH_CHECK_VALUE(c->scalar_type() == weights[0].scalar_type(), where, ": ", name, " must be ",
+                      weights[0].scalar_type(), " as the weights, got ", c->scalar_type());
+  }
+  TORCH_CHECK_VALUE(v_cache->sym_size(3) == k_cache->sym_size(3), where,
+                    ": k_cache and v_cache must cache as many positions, got ", k_cache->sym_sizes(), " and ",
+                    v_cache->sym_sizes());
+  TORCH_CHECK_VALUE(offset->dim() == 0 && offset->scalar_type() == at::kLong, where,
+                    ": offset must be a 0-dim int64 tensor (the position of the first cached key), got ",
+                    offset->scalar_type(), " ", offset->sym_sizes());
+  s.cached = k_cache->sym_size(3);
+  return s;
+}
+
+at::Tensor transformer_wrapper_logits(const at::Tensor& tokens, at::TensorList weights, c10::string_view config,
+                                      bool return_embeddings) {
+  const TransformerWrapperOptions o = parsed(std::string(config));
+  check_inference_args("transformer_wrapper_logits", o, tokens, weights, nullptr, nullptr, nullptr);
+  at::NoGradGuard no_grad;
+  NetInputs in;
+  in.tokens = tokens;
+  in.return_embeddings = return_embeddings;
+  NetOutputs out = transformer_forward(o, weights, in, /*training=*/false);
+  return return_embeddings ? out.embeddings : out.logits;
+}
+
+at::Tensor transformer_wrapper_logits_meta(const at::Tensor& tokens, at::TensorList weights, c10::string_view config,
+                                           bool return_embeddings) {
+  const TransformerWrapperOptions o = parsed(std::string(config));
+  const DecodeShape s = check_inference_args("transformer_wrapper_logits", o, tokens, weights, nullptr, nullptr, nullptr);
+  const int64_t width = return_embeddings ? o.attn_layers().dim() : o.num_tokens();
+  return at::empty_symint({s.b, s.n, width}, weights[0].options());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transformer_wrapper_decode(const at::Tensor& tokens,
+                                                                          at::TensorList weights,
+                                                                          c10::string_view config,
+                                                                          const at::Tensor& k_cache,
+                                                                          const at::Tensor& v_cache,
+                                                                          const at::Tensor& offset) {
+  const char* where = "transformer_wrapper_decode";
+  const TransformerWrapperOptions o = parsed(std::string(config));
+  check_inference_args(where, o, tokens, weights, &k_cache, &v_cache, &offset);
+  at::NoGradGuard no_grad;
+  KVCache cache;
+  cache.offset = offset.item<int64_t>();
+  TORCH_CHECK_VALUE(cache.offset >= 0, where, ": offset must be >= 0, got ", cache.offset);
+  cache.length = k_cache.size(3);
+  if (cache.length > 0) {  // else transformer_forward starts the cache
+    cache.k = k_cache.unbind(0);
+    cache.v = v_cache.unbind(0);
+  }
+  NetInputs in;
+  in.tokens = tokens;
+  NetOutputs out = transformer_forward(o, weights, in, /*training=*/false, &cache);
+  return {out.logits, at::stack(cache.k), at::stack(cache.v)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transformer_wrapper_decode_meta(const at::Tensor& tokens,
+                                                                               at::TensorList weights,
+                                                                               c10::string_view config,
+                                                                               const at::Tensor& k_cache,
+                                                                               const at::Tensor& v_cache,
+                                                                               const at::Tensor& offset) {
+  const TransformerWrapperOptions o = parsed(std::string(config));
+  const DecodeShape s =
+      check_inference_args("transformer_wrapper_decode", o, tokens, weights, &k_cache, &v_cache, &offset);
+  const auto& d = o.attn_layers();
+  const auto options = weights[0].options();
+  at::Tensor logits = at::empty_symint({s.b, s.n, o.num_tokens()}, options);
+  const std::vector<c10::SymInt> cache{d.depth(), s.b, d.heads(), s.cached + s.n, d.attn_dim_head()};
+  return {logits, at::empty_symint(cache, options), at::empty_symint(cache, options)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
@@ -119,6 +229,18 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
       schema_arguments(wrapper_fields(), {"ignore_index", "pad_value", "mask_prob", "mask_token_id"}) +
       ", bool full=False) -> (Tensor tokens, Tensor target, Tensor kv_mask)";
   m.def(inputs_schema.c_str(), TORCH_FN(autoregressive_wrapper_inputs));  // CompositeImplicitAutograd
+  // the inference forward (see the top of this file): a real kernel for every device and a Meta one
+  m.def("transformer_wrapper_logits(Tensor tokens, Tensor[] weights, str config, bool return_embeddings=False) "
+        "-> Tensor",
+        torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(transformer_wrapper_logits)));
+  m.def("transformer_wrapper_decode(Tensor tokens, Tensor[] weights, str config, Tensor k_cache, Tensor v_cache, "
+        "Tensor offset) -> (Tensor logits, Tensor k_cache_out, Tensor v_cache_out)",
+        torch::dispatch(c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(transformer_wrapper_decode)));
+}
+
+TORCH_LIBRARY_IMPL(arwrap, Meta, m) {
+  m.impl("transformer_wrapper_logits", TORCH_FN(transformer_wrapper_logits_meta));
+  m.impl("transformer_wrapper_decode", TORCH_FN(transformer_wrapper_decode_meta));
 }
 
 }  // namespace arwrap

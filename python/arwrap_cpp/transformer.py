@@ -6,6 +6,10 @@ ways. The forward is the C++ ``arwrap::transformer_forward`` (through
 ``torch.ops.arwrap.transformer_wrapper_forward``): attention via
 ``scaled_dot_product_attention``, the attention z-loss via ``attention_lse``.
 The parameter names come from C++ too (``_C.transformer_parameters``): one source.
+In eval mode without autograd, and under ``torch.export``, the forward is the inference
+operator ``torch.ops.arwrap.transformer_wrapper_logits`` instead (no autograd, sizes kept
+symbolic for export); ``decode`` is one step with the key/value cache
+(``transformer_wrapper_decode``). ``arwrap_cpp.export`` exports and compiles them.
 """
 from __future__ import annotations
 
@@ -218,6 +222,11 @@ class TransformerWrapper(nn.Module):
                              "pad with ignored targets (lens / ignore_index in the wrapper) instead")
         if kwargs:
             raise ValueError(f"arwrap_cpp.TransformerWrapper.forward: unsupported argument(s) {sorted(kwargs)}")
+        if (not self.training and prepend_embeds is None and self_attn_kv_mask is None and not return_intermediates
+                and not return_attn_z_loss and not return_next_embed_pred
+                and (not torch.is_grad_enabled() or torch.compiler.is_exporting())):
+            # inference: the operator torch.export keeps with dynamic shapes (no autograd)
+            return torch.ops.arwrap.transformer_wrapper_logits(x, self.weights(), self.config, bool(return_embeddings))
         out, z, nxt, init = torch.ops.arwrap.transformer_wrapper_forward(
             x, self.weights(), self.config, self.training, prepend_embeds, self_attn_kv_mask,
             bool(return_embeddings), bool(return_attn_z_loss), bool(return_next_embed_pred))
@@ -225,6 +234,27 @@ class TransformerWrapper(nn.Module):
         if return_intermediates or return_attn_z_loss:
             return result, _Intermediates(z if return_attn_z_loss else None)
         return result
+
+    def decode(self, tokens: Tensor, k_cache: Tensor, v_cache: Tensor, offset: Optional[Tensor] = None):
+        """One decoding step against the key/value cache, for inference (no autograd; eval mode):
+        ``(logits (batch, n, num_tokens), k_cache, v_cache)`` after the ``n`` new ``tokens``.
+        The caches hold every layer's keys (values), ``(depth, batch, heads, cached, dim_head)``;
+        start from :meth:`empty_cache` (``cached = 0``: the prompt's step). ``offset`` (0-dim
+        int64, default 0) is the absolute position of the first cached key, for a caller that
+        drops the oldest positions as the window slides. ``torch.export`` keeps this call as the
+        operator ``torch.ops.arwrap.transformer_wrapper_decode`` with dynamic sizes."""
+        if offset is None:
+            offset = torch.zeros((), dtype=torch.long)
+        return torch.ops.arwrap.transformer_wrapper_decode(tokens, self.weights(), self.config, k_cache, v_cache,
+                                                           offset)
+
+    def empty_cache(self, batch: int = 1) -> tuple[Tensor, Tensor]:
+        """The key/value caches :meth:`decode` starts from: ``(depth, batch, heads, 0, dim_head)``
+        each, in the weights' dtype and device."""
+        d = self.attn_layers
+        w = self.token_emb.emb.weight
+        shape = (d.depth, int(batch), d.heads, 0, d.config["attn_dim_head"])
+        return w.new_zeros(shape), w.new_zeros(shape)
 
     def generate(self, prompts, seq_len: int, eos_token: Optional[int] = None,
                  temperature: float = GENERATE_DEFAULTS["temperature"],
