@@ -128,6 +128,10 @@ const std::vector<Flag>& flags() {
                   "\nparameters, gradients and optimizer state). Default bf16 where the CPU"
                   "\nhas native bfloat16 products (avx512_bf16 or AMX), else fp32",
                   {"fp32", "bf16"}),
+      int_flag(kTraining, "max-bad-steps", &Args::max_bad_steps, 1, true,
+               "a step whose loss or gradient norm is not finite is skipped (weights and"
+               "\nmoments stay as they were); after N such steps in a row the run stops"
+               "\nwith an error and writes no checkpoint (default 5)"),
       int_flag(kTraining, "seed", &Args::seed, 0, true,
                "seeds the initial weights, the batches (step s draws from (seed, s)) and samples"),
       int_flag(kTraining, "threads", &Args::threads, 1, false,

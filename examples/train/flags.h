@@ -23,6 +23,7 @@ struct Args {
   int64_t steps = 300, batch = 16, accum = 1, seed = 0, threads = 0;
   double lr = 2e-3, weight_decay = -1;  // -1: torch's default for the optimizer (0 adam, 0.01 adamw)
   int64_t warmup = 50;
+  int64_t max_bad_steps = 5;  // non-finite steps in a row before the run stops (main.cpp)
   std::string optimizer = "adam";
   std::string precision;  // fp32 or bf16; empty: the machine's default (precision.h)
   int64_t log_every = 10, val_every = 50, val_windows = 32, sample_every = 100, sample_len = 256, save_every = 100;

@@ -13,13 +13,16 @@
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -43,6 +46,27 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(std::vector<at::Tensor> 
     for (auto& g : raw->param_groups()) static_cast<Options&>(g.options()).lr(lr);
   };
   return o;
+}
+
+// A test seam: ARWRAP_TRAIN_INJECT_NAN="3,5@1" makes the loss NaN at step 3 on every rank and at
+// step 5 on rank 1 only, as a diverging step would be (tests/integration/test_divergence.py).
+std::vector<int64_t> injected_nan_steps(int rank) {
+  std::vector<int64_t> out;
+  const char* env = std::getenv("ARWRAP_TRAIN_INJECT_NAN");
+  if (env == nullptr) return out;
+  std::stringstream in(env);
+  for (std::string item; std::getline(in, item, ',');) {
+    const auto at = item.find('@');
+    if (at != std::string::npos && parse_int("ARWRAP_TRAIN_INJECT_NAN", item.substr(at + 1), 0) != rank) continue;
+    out.push_back(parse_int("ARWRAP_TRAIN_INJECT_NAN", item.substr(0, at), 1));
+  }
+  return out;
+}
+
+std::string text_number(double x) {
+  std::ostringstream s;
+  s << x;
+  return s.str();
 }
 
 // ------------------------------------------------------------------ run
@@ -164,6 +188,8 @@ int run(int argc, char** argv) {
                                ckpt.has_value(), metrics_options);
   std::printf("metrics: %s\n", metrics.path().c_str());
 
+  // Writes the checkpoint of `step` from rank 0, and only weights and moments that are all finite:
+  // a diverged model never replaces the last good checkpoint.
   auto save = [&](int64_t step) {
     if (!dp.is_main()) return;  // rank 0 writes the checkpoint
     train::Checkpoint c;
@@ -174,6 +200,11 @@ int run(int argc, char** argv) {
     c.optimizer_name = a.optimizer;
     c.optimizer = train::optimizer_state(*opt, a.optimizer, named);
     c.train_args = train_args_string(a);
+    for (const auto* m : {&c.model, &c.optimizer})
+      for (const auto& [name, t] : *m)
+        if (t.is_floating_point() && !t.isfinite().all().item<bool>())
+          fail("step " + std::to_string(step) + ": " + name + " holds NaN or infinite values; checkpoint " +
+               a.checkpoint + " not written (the file there, if any, is unchanged)");
     train::save_checkpoint(a.checkpoint, c);
   };
   auto validate = [&](int64_t step) {  // in float32 whatever --precision: one scale for every run
@@ -213,6 +244,19 @@ int run(int argc, char** argv) {
   double train_seconds = 0, log_loss = 0;
   int64_t log_steps = 0;
   const int64_t tokens_per_step = dp.global_tokens(a.batch * a.accum * seq_len);  // all ranks
+  // Divergence: a step whose loss or gradient norm is not finite (on any rank: they agree) takes no
+  // optimizer step, so the weights and the moments stay as they were; it is printed and counted in
+  // the metrics. --max-bad-steps of them in a row stop the run with an error, before any save.
+  const std::vector<int64_t> inject_nan = injected_nan_steps(dp.rank());
+  int64_t bad_streak = 0, bad_total = 0, log_skipped = 0, streak_from = 0;
+  bool save_due = false;
+  int64_t saved_step = -1;  // the step of this run's latest checkpoint
+  const bool had_checkpoint = std::filesystem::exists(a.checkpoint);
+  auto kept = [&] {
+    if (saved_step >= 0)
+      return "the checkpoint at " + a.checkpoint + " holds step " + std::to_string(saved_step) + ", the last good one";
+    return had_checkpoint ? "the checkpoint at " + a.checkpoint + " is unchanged" : std::string("no checkpoint written");
+  };
   int64_t step = start_step;
   while (step < a.steps) {
     ++step;
@@ -230,36 +274,69 @@ int run(int argc, char** argv) {
         train::PrecisionScope in_precision(precision, c10::DeviceType::CPU);
         loss = model->forward(parts.size() == 1 ? parts[0] : torch::cat(parts)).loss;
       }
+      if (std::find(inject_nan.begin(), inject_nan.end(), step) != inject_nan.end()) loss = loss * std::nan("");
       (loss / static_cast<double>(a.accum)).backward();
       loss_sum += loss.item<double>();
     }
     dp.after_backward();  // .grad = the mean over ranks: the clip below is on the global norm
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, 0.5);
-    opt->step();
+    const auto agreed = dp.agree(loss_sum / static_cast<double>(a.accum), grad_norm, g_interrupted);
+    if (agreed.interrupted) g_interrupted = true;  // every rank stops at the same step
+    if (agreed.finite) {
+      opt->step();
+      bad_streak = 0;
+      log_loss += agreed.loss;
+      ++log_steps;
+    } else {
+      if (bad_streak++ == 0) streak_from = step;
+      ++bad_total;
+      ++log_skipped;
+      std::printf("step %5lld/%lld  loss %g, gradient norm %g: not finite, optimizer step skipped "
+                  "(%lld in a row, %lld in this run; --max-bad-steps %lld)\n",
+                  static_cast<long long>(step), static_cast<long long>(a.steps), agreed.loss, grad_norm,
+                  static_cast<long long>(bad_streak), static_cast<long long>(bad_total),
+                  static_cast<long long>(a.max_bad_steps));
+      std::fflush(stdout);
+    }
     opt->zero_grad();
-    const auto [step_loss, stop] = dp.agree(loss_sum / static_cast<double>(a.accum), g_interrupted);
-    if (stop) g_interrupted = true;  // every rank stops at the same step
     train_seconds += std::chrono::duration<double>(clock::now() - ts).count();
-    log_loss += step_loss;
-    ++log_steps;
 
-    if (step % a.log_every == 0 || step == a.steps || step == start_step + 1) {
+    const bool stop_bad = bad_streak >= a.max_bad_steps;
+    if (step % a.log_every == 0 || step == a.steps || step == start_step + 1 || stop_bad) {
       const auto now = clock::now();
       const double elapsed = std::chrono::duration<double>(now - t0).count();
       const double left = elapsed / static_cast<double>(step - start_step) * static_cast<double>(a.steps - step);
       const double interval = std::chrono::duration<double>(now - t_log).count();
-      const double tok_s = static_cast<double>(tokens_per_step * log_steps) / std::max(interval, 1e-9), rss = resident_mb();
-      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left  rss %.1f MB\n", static_cast<long long>(step),
-                  static_cast<long long>(a.steps), log_loss / log_steps, tok_s, duration(left).c_str(), rss);
-      metrics.train(step, {log_loss / log_steps, tok_s, lr, grad_norm, rss});
+      const double tok_s = static_cast<double>(tokens_per_step * (log_steps + log_skipped)) / std::max(interval, 1e-9);
+      const double rss = resident_mb(), mean_loss = log_steps ? log_loss / log_steps : std::nan("");
+      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left  rss %.1f MB%s\n", static_cast<long long>(step),
+                  static_cast<long long>(a.steps), mean_loss, tok_s, duration(left).c_str(), rss,
+                  log_skipped ? ("  (" + std::to_string(log_skipped) + " skipped)").c_str() : "");
+      metrics.train(step, {mean_loss, tok_s, lr, grad_norm, rss, log_skipped});
       std::fflush(stdout);
       t_log = clock::now();
       log_loss = 0;
       log_steps = 0;
+      log_skipped = 0;
+    }
+    if (stop_bad) {
+      metrics.flush();
+      fail("training diverged: " + std::to_string(bad_streak) + " step" + (bad_streak == 1 ? "" : "s") +
+           " in a row (" + std::to_string(streak_from) + ".." + std::to_string(step) +
+           ") had a non-finite loss or gradient norm (--max-bad-steps " + std::to_string(a.max_bad_steps) + "); " +
+           kept() + "; try a lower --lr (" + text_number(a.lr) + ") or a longer --warmup");
     }
     if ((a.val_every && step % a.val_every == 0) || step == a.steps) last_val = validate(step);
     if (a.sample_every && (step % a.sample_every == 0 || step == a.steps)) sample(step);
-    if ((a.save_every && step % a.save_every == 0) || step == a.steps || g_interrupted) save(step);
+    save_due = save_due || (a.save_every && step % a.save_every == 0) || step == a.steps || g_interrupted;
+    // A checkpoint due during a streak of skipped steps waits for the next good one, so that a streak
+    // that becomes a divergence leaves the previous checkpoint as it was. The last step (or Ctrl-C)
+    // saves anyway: the weights are the last good step's, and the streak stayed under --max-bad-steps.
+    if (save_due && (bad_streak == 0 || step == a.steps || g_interrupted)) {
+      save(step);
+      saved_step = step;
+      save_due = false;
+    }
     if (g_interrupted) {
       std::printf("interrupted at step %lld; checkpoint saved to %s\ncontinue: %s --checkpoint %s --resume\n",
                   static_cast<long long>(step), a.checkpoint.c_str(), prog.c_str(), a.checkpoint.c_str());
