@@ -63,6 +63,14 @@ std::vector<int64_t> injected_nan_steps(int rank) {
   return out;
 }
 
+// "12 7 301": a 1-D tensor of ids
+std::string ids_text(const at::Tensor& ids) {
+  std::string out;
+  auto acc = ids.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < acc.size(0); ++i) out += (i ? " " : "") + std::to_string(acc[i]);
+  return out;
+}
+
 std::string text_number(double x) {
   std::ostringstream s;
   s << x;
@@ -87,6 +95,13 @@ int run(int argc, char** argv) {
            (a.resume ? " (leave out --resume to start a new run)" : ""));
     ckpt = train::load_checkpoint(a.checkpoint);
     apply_train_args(a, ckpt->train_args);  // the run's data, batch, ... unless given again
+    if (const auto at = ckpt->train_args.find("\nsteps="); at != std::string::npos && a.schedule != "constant") {
+      const std::string was = ckpt->train_args.substr(at + 7, ckpt->train_args.find('\n', at + 1) - at - 7);
+      if (was != std::to_string(a.steps))
+        std::printf("note: the run was scheduled for %s steps, --steps is %lld: the %s decay is stretched to "
+                    "step %lld from here (the learning rate moves)\n",
+                    was.c_str(), static_cast<long long>(a.steps), a.schedule.c_str(), static_cast<long long>(a.steps));
+    }
   }
   arwrap::TransformerWrapperOptions config = config_from_flags(a);
   if (ckpt) {
@@ -107,6 +122,21 @@ int run(int argc, char** argv) {
 
   if (a.sample) {
     if (a.sample->empty()) fail("--sample needs a non-empty prompt");
+    if (config.num_tokens() != 256) {  // a token model: the prompt and the sample are ids
+      std::vector<int64_t> ids;
+      std::string item;
+      for (std::istringstream in(*a.sample); in >> item;)
+        for (std::istringstream parts(item); std::getline(parts, item, ',');)
+          if (!item.empty()) ids.push_back(parse_int("--sample", item, 0));
+      for (int64_t id : ids)
+        if (id >= config.num_tokens())
+          fail("--sample: id " + std::to_string(id) + " is outside the vocabulary (num_tokens " +
+               std::to_string(config.num_tokens()) + ")");
+      if (ids.empty()) fail("--sample: a token model's prompt is token ids, e.g. --sample '12 7 301'");
+      const at::Tensor out = generate_ids(net, torch::tensor(ids, torch::kLong), a.sample_len, a.temperature, a.seed);
+      std::printf("%s\n", ids_text(torch::cat({torch::tensor(ids, torch::kLong), out})).c_str());
+      return 0;
+    }
     const std::string text = generate_text(net, *a.sample, a.sample_len, a.temperature, a.seed);
     std::fwrite(a.sample->data(), 1, a.sample->size(), stdout);
     std::fwrite(text.data(), 1, text.size(), stdout);
@@ -114,15 +144,15 @@ int run(int argc, char** argv) {
     return 0;
   }
 
-  Data data = load_data(a, seq_len);
-  std::printf("corpus: %s; %lld train / %lld validation bytes\n", data.source.c_str(),
-              static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()));
+  Data data = load_data(a, seq_len, config.num_tokens(), ckpt.has_value() || a.given.count("num-tokens"));
+  std::printf("corpus: %s; %lld train / %lld validation %s\n", data.source.c_str(),
+              static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()), data.unit());
   const train::Precision precision =
       a.precision.empty() ? train::default_precision(c10::DeviceType::CPU) : train::parse_precision(a.precision);
   if (a.eval_only) {
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
-    std::printf("step %lld  val_loss %.6f  (%lld windows of %lld bytes)\n", static_cast<long long>(ckpt->step), loss,
-                static_cast<long long>(count), static_cast<long long>(seq_len + 1));
+    std::printf("step %lld  val_loss %.6f  (%lld windows of %lld %s)\n", static_cast<long long>(ckpt->step), loss,
+                static_cast<long long>(count), static_cast<long long>(seq_len + 1), data.unit());
     return 0;
   }
 
@@ -162,10 +192,13 @@ int run(int argc, char** argv) {
   dp.start(params, net->buffers(true));  // rank 0's weights everywhere; the gradient reducer
   std::printf("model: %s, %.2f M parameters, %d thread%s\n", describe(config).c_str(), n_params / 1e6,
               torch::get_num_threads(), torch::get_num_threads() == 1 ? "" : "s");
-  std::printf("training: steps %lld..%lld, batch %lld x accum %lld x %lld bytes, %s lr %g (warmup %lld), seed %lld%s\n",
+  const std::string schedule = a.schedule == "constant"
+                                   ? std::string()
+                                   : ", " + a.schedule + " to " + text_number(min_lr(a)) + " at step " + std::to_string(a.steps);
+  std::printf("training: steps %lld..%lld, batch %lld x accum %lld x %lld %s, %s lr %g (warmup %lld%s), seed %lld%s\n",
               static_cast<long long>(start_step + 1), static_cast<long long>(a.steps), static_cast<long long>(a.batch),
-              static_cast<long long>(a.accum), static_cast<long long>(seq_len), a.optimizer.c_str(), a.lr,
-              static_cast<long long>(a.warmup), static_cast<long long>(a.seed),
+              static_cast<long long>(a.accum), static_cast<long long>(seq_len), data.unit(), a.optimizer.c_str(), a.lr,
+              static_cast<long long>(a.warmup), schedule.c_str(), static_cast<long long>(a.seed),
               ckpt ? (", resumed from " + a.checkpoint).c_str() : "");
   std::printf("precision: %s (%s)%s\n", train::precision_name(precision),
               train::precision_reason(precision, c10::DeviceType::CPU, !a.precision.empty()).c_str(),
@@ -210,8 +243,8 @@ int run(int argc, char** argv) {
   auto validate = [&](int64_t step) {  // in float32 whatever --precision: one scale for every run
     if (!dp.is_main()) return std::nan("");  // rank 0 validates
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
-    std::printf("step %5lld  val_loss %.6f  (bits/byte %.3f)\n", static_cast<long long>(step), loss,
-                loss / std::log(2.0));
+    std::printf("step %5lld  val_loss %.6f  (bits/%s %.3f)\n", static_cast<long long>(step), loss,
+                data.tokens ? "token" : "byte", loss / std::log(2.0));
     std::fflush(stdout);
     metrics.validation(step, loss);
     return loss;
@@ -220,6 +253,16 @@ int run(int argc, char** argv) {
     if (!dp.is_main()) return;
     auto rng = rng_for(a.seed, step, 1);
     const int64_t prime = std::min<int64_t>(64, seq_len);
+    if (data.tokens) {  // a token corpus: the prompt and the sample as ids
+      const Segment& s = data.val_segments.front();
+      std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, s.count - prime - 1));
+      const at::Tensor prompt = segment_tensor(s, pick(rng), std::min(prime, s.count));
+      const at::Tensor out = generate_ids(net, prompt, a.sample_len, a.temperature, a.seed * 1000003 + step);
+      std::printf("sample at step %lld, prompt ids %s:\n  | %s\n", static_cast<long long>(step),
+                  ids_text(prompt).c_str(), ids_text(out).c_str());
+      std::fflush(stdout);
+      return;
+    }
     std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, data.val_size() - 2 * prime - 1));
     int64_t at = pick(rng);
     const std::string val(data.val(), static_cast<size_t>(data.val_size()));
@@ -260,7 +303,7 @@ int run(int argc, char** argv) {
   int64_t step = start_step;
   while (step < a.steps) {
     ++step;
-    const double lr = a.warmup > 0 && step <= a.warmup ? a.lr * static_cast<double>(step) / a.warmup : a.lr;
+    const double lr = scheduled_lr(a, step);
     set_lr(lr);
     const auto ts = clock::now();
     auto rngs = dp.window_rngs(a.seed, step);  // this rank's windows: (seed, step, rank)
@@ -353,7 +396,11 @@ int run(int argc, char** argv) {
     std::printf("%s\n", comm.c_str());
   std::printf("checkpoint: %s (step %lld)\n", abs.c_str(), static_cast<long long>(step));
   std::printf("metrics:    %s  (plot: scripts/plot.sh %s)\n", metrics.path().c_str(), metrics.path().c_str());
-  std::printf("sample:     %s --checkpoint %s --sample 'def main():' --sample-len 400\n", prog.c_str(), abs.c_str());
+  if (data.tokens)
+    std::printf("sample:     %s --checkpoint %s --sample '0 1 2' --sample-len 64  (token ids)\n", prog.c_str(),
+                abs.c_str());
+  else
+    std::printf("sample:     %s --checkpoint %s --sample 'def main():' --sample-len 400\n", prog.c_str(), abs.c_str());
   std::printf("continue:   %s --checkpoint %s --resume --steps %lld\n", prog.c_str(), abs.c_str(),
               static_cast<long long>(2 * a.steps));
   std::printf("in Python:  from arwrap_cpp.checkpoint import load_model; net = load_model('%s')"

@@ -60,13 +60,13 @@ def test_a_diverging_resume_stops_and_leaves_the_good_checkpoint_alone(trainer, 
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("arwrap-train: error: training diverged: 3 steps in a row"), proc.stderr
     assert "--max-bad-steps 3" in err[0] and f"the checkpoint at {path} is unchanged" in err[0]
-    skips = SKIP.findall(proc.stdout)
-    assert [int(n) for _, n, _, _ in skips] == [1, 2, 3], proc.stdout
+    skips = SKIP.findall(proc.stdout)  # (a good step between two bad ones restarts the count)
+    assert [int(n) for _, n, _, _ in skips][-3:] == [1, 2, 3], proc.stdout
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp*"))
     # the metrics count the skipped steps, and the last line is the step the run stopped at
     recs = [json.loads(line) for line in (tmp_path / "model.metrics.jsonl").read_text().splitlines()]
-    assert sum(r.get("skipped_steps", 0) for r in recs) == 3
+    assert sum(r.get("skipped_steps", 0) for r in recs) == len(skips)
     assert recs[-1]["step"] == int(skips[-1][0])
 
 
