@@ -101,13 +101,14 @@ void DataParallel::after_backward() {
   ++steps_;
 }
 
-std::pair<double, bool> DataParallel::agree(double loss, bool interrupted) {
-  if (!pg_.is_distributed()) return {loss, interrupted};
+DataParallel::Agreed DataParallel::agree(double loss, double grad_norm, bool interrupted) {
+  const bool bad = !std::isfinite(loss) || !std::isfinite(grad_norm);
+  if (!pg_.is_distributed()) return {loss, !bad, interrupted};
   const auto t0 = std::chrono::steady_clock::now();
-  auto t = at::tensor({loss, interrupted ? 1.0 : 0.0}, at::kDouble);
+  auto t = at::tensor({loss, bad ? 1.0 : 0.0, interrupted ? 1.0 : 0.0}, at::kDouble);
   pg_.all_reduce_sum(t, "all-reduce of the step's loss");
   agree_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return {t[0].item<double>() / world_size(), t[1].item<double>() > 0};
+  return {t[0].item<double>() / world_size(), t[1].item<double>() == 0, t[2].item<double>() > 0};
 }
 
 std::string DataParallel::header(int64_t tokens_per_rank) const {

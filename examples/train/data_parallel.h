@@ -47,8 +47,14 @@ class DataParallel {
   void start(std::vector<at::Tensor> params, const std::vector<at::Tensor>& state);
   void before_last_backward();
   void after_backward();
-  // Sums the mean losses of the ranks (-> global mean) and ORs their interrupt flags.
-  std::pair<double, bool> agree(double loss, bool interrupted);
+  // What the ranks agree on after each step's backward, before the optimizer step.
+  struct Agreed {
+    double loss;       // the mean over ranks of their mean losses (NaN when any rank's is)
+    bool finite;       // every rank's loss and gradient norm finite: take the optimizer step
+    bool interrupted;  // any rank interrupted (Ctrl-C): every rank stops at this step
+  };
+  // Sums the ranks' mean losses (-> global mean), ORs their non-finite and interrupt flags.
+  Agreed agree(double loss, double grad_norm, bool interrupted);
 
   std::string header(int64_t tokens_per_rank) const;  // world size, backend, global batch, buckets, timeout
   std::string summary(double train_seconds, int64_t steps) const;  // communication time per step

@@ -96,7 +96,11 @@ const char* const kModes = "modes";
 const std::vector<Flag>& flags() {
   static const std::vector<Flag> table = {
       string_flag(kData, "data", "PATH", &Args::data, true,
-                  "a text file, or a directory read recursively in sorted path order"
+                  "a text file, or a directory read recursively in sorted path order;"
+                  "\nor token files, memory-mapped: a *.bin file, a glob of them, or a"
+                  "\ndirectory of llm.c shards (header magic 20240520, uint16 tokens;"
+                  "\n20240801, uint32) or of nanoGPT's raw train.bin/val.bin. Validation:"
+                  "\nthe shards named *_val_* or val.bin, else the last 10% of the tokens"
                   "\n(default: the Python standard library's *.py files, found at"
                   "\n$ARWRAP_STDLIB or /usr/local/lib/python3.N, /usr/lib/python3.N)"),
       string_flag(kData, "ext", "SUFFIX", &Args::ext, true,
@@ -106,6 +110,12 @@ const std::vector<Flag>& flags() {
       int_flag(kData, "max-bytes", &Args::max_bytes, 0, true,
                "read at most N bytes (default 32000000; 0: everything)"
                "\nThe bytes are split 90/10: the first 90% train, the rest validation."),
+      string_flag(kData, "token-dtype", "T", &Args::token_dtype, true,
+                  "uint16 or uint32: the ids of raw token files without an llm.c header"
+                  "\n(default uint16, nanoGPT's)", {"uint16", "uint32"}),
+      int_flag(kModel, "num-tokens", &Args::num_tokens, 2, false,
+               "the vocabulary size (default 256: bytes); token data needs it, and every"
+               "\nid in the data must be below it"),
       int_flag(kModel, "seq-len", &Args::seq_len, 1, false, "window length, the model's max_seq_len (default 256)"),
       int_flag(kModel, "dim", &Args::dim, 1, false, "model width (default 256)"),
       int_flag(kModel, "depth", &Args::depth, 1, false, "layers (default 4)"),
@@ -118,6 +128,14 @@ const std::vector<Flag>& flags() {
       float_flag(kTraining, "lr", &Args::lr, true,
                  "peak learning rate (default 0.002), linear warmup over --warmup steps"),
       int_flag(kTraining, "warmup", &Args::warmup, 0, true, "warmup steps (default 50)"),
+      string_flag(kTraining, "schedule", "NAME", &Args::schedule, true,
+                  "after the warmup: constant --lr (default), or cosine or linear decay"
+                  "\nfrom --lr to --min-lr at the last step (--steps); a resume with the same"
+                  "\n--steps continues it exactly",
+                  {"constant", "cosine", "linear"}),
+      {kTraining, "min-lr", "F", "the learning rate the decay ends at (default --lr / 10)", true,
+       [](Args& a, const std::string& f, const std::string& v) { a.min_lr = parse_float(f, v, 0); },
+       [](const Args& a) { return a.min_lr >= 0 ? text(a.min_lr) : std::string(); }},
       string_flag(kTraining, "optimizer", "NAME", &Args::optimizer, true, "adam or adamw (default adam)",
                   {"adam", "adamw"}),
       {kTraining, "weight-decay", "F", "default 0 for adam, 0.01 for adamw", true,
@@ -128,6 +146,10 @@ const std::vector<Flag>& flags() {
                   "\nparameters, gradients and optimizer state). Default bf16 where the CPU"
                   "\nhas native bfloat16 products (avx512_bf16 or AMX), else fp32",
                   {"fp32", "bf16"}),
+      int_flag(kTraining, "max-bad-steps", &Args::max_bad_steps, 1, true,
+               "a step whose loss or gradient norm is not finite is skipped (weights and"
+               "\nmoments stay as they were); after N such steps in a row the run stops"
+               "\nwith an error and writes no checkpoint (default 5)"),
       int_flag(kTraining, "seed", &Args::seed, 0, true,
                "seeds the initial weights, the batches (step s draws from (seed, s)) and samples"),
       int_flag(kTraining, "threads", &Args::threads, 1, false,
@@ -175,7 +197,7 @@ const Flag* find_flag(const std::string& name) {
 std::string usage() {
   std::string out =
       "usage: arwrap-train [flags]\n\n"
-      "Trains a byte-level (vocabulary 256) decoder, x-transformers' TransformerWrapper(Decoder(...,\n"
+      "Trains a byte-level (vocabulary 256) or token-level (--num-tokens) decoder, x-transformers' TransformerWrapper(Decoder(...,\n"
       "rotary_pos_emb=True), use_abs_pos_emb=False) implemented in libarwrap, with arwrap::ARWrapper:\n"
       "random windows, gradient accumulation, clip_grad_norm 0.5, Adam/AdamW, validation and samples\n"
       "at intervals, and a checkpoint that Python loads (arwrap_cpp.checkpoint.load_model).\n\n";
@@ -255,9 +277,21 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
+double min_lr(const Args& a) { return a.min_lr >= 0 ? a.min_lr : a.lr / 10; }
+
+double scheduled_lr(const Args& a, int64_t step) {
+  if (a.warmup > 0 && step <= a.warmup) return a.lr * static_cast<double>(step) / static_cast<double>(a.warmup);
+  if (a.schedule == "constant") return a.lr;
+  const double span = static_cast<double>(std::max<int64_t>(1, a.steps - a.warmup));
+  const double p = std::clamp(static_cast<double>(step - a.warmup) / span, 0.0, 1.0);
+  const double lo = min_lr(a);
+  if (a.schedule == "linear") return a.lr - (a.lr - lo) * p;
+  return lo + 0.5 * (a.lr - lo) * (1.0 + std::cos(M_PI * p));  // cosine
+}
+
 arwrap::TransformerWrapperOptions config_from_flags(const Args& a) {
   return arwrap::TransformerWrapperOptions(
-             256, a.seq_len,
+             a.num_tokens, a.seq_len,
              arwrap::DecoderOptions(a.dim, a.depth).heads(a.heads).attn_dim_head(a.dim_head).rotary_pos_emb(true))
       .use_abs_pos_emb(false);
 }
@@ -266,7 +300,7 @@ arwrap::TransformerWrapperOptions config_from_flags(const Args& a) {
 void check_model_flags(const Args& a, const arwrap::TransformerWrapperOptions& o, const std::string& path) {
   const auto& d = o.attn_layers();
   const std::vector<std::tuple<const char*, int64_t, int64_t>> checks = {
-      {"seq-len", a.seq_len, o.max_seq_len()}, {"dim", a.dim, d.dim()},          {"depth", a.depth, d.depth()},
+      {"num-tokens", a.num_tokens, o.num_tokens()}, {"seq-len", a.seq_len, o.max_seq_len()}, {"dim", a.dim, d.dim()},          {"depth", a.depth, d.depth()},
       {"heads", a.heads, d.heads()},           {"dim-head", a.dim_head, d.attn_dim_head()}};
   for (const auto& [flag, mine, theirs] : checks)
     if (a.given.count(flag) && mine != theirs)
@@ -275,15 +309,13 @@ void check_model_flags(const Args& a, const arwrap::TransformerWrapperOptions& o
            " --dim " + std::to_string(d.dim()) + " --depth " + std::to_string(d.depth()) + " --heads " +
            std::to_string(d.heads()) + " --dim-head " + std::to_string(d.attn_dim_head()) +
            "); leave the model flags out to use the checkpoint's, or pick another --checkpoint");
-  if (o.num_tokens() != 256)
-    fail("checkpoint " + path + " has num_tokens=" + std::to_string(o.num_tokens()) +
-         "; arwrap-train models bytes (num_tokens=256)");
 }
 
 std::string describe(const arwrap::TransformerWrapperOptions& o) {
   const auto& d = o.attn_layers();
   std::ostringstream s;
-  s << "TransformerWrapper(Decoder(dim=" << d.dim() << ", depth=" << d.depth() << ", heads=" << d.heads()
+  s << "TransformerWrapper(" << (o.num_tokens() != 256 ? "num_tokens=" + std::to_string(o.num_tokens()) + ", " : "")
+    << "Decoder(dim=" << d.dim() << ", depth=" << d.depth() << ", heads=" << d.heads()
     << ", attn_dim_head=" << d.attn_dim_head() << (d.rotary_pos_emb() ? ", rotary_pos_emb=True" : "") << ")"
     << (o.use_abs_pos_emb() ? "" : ", use_abs_pos_emb=False") << ", max_seq_len=" << o.max_seq_len() << ")";
   return s.str();

@@ -13,13 +13,16 @@
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,6 +48,35 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(std::vector<at::Tensor> 
   return o;
 }
 
+// A test seam: ARWRAP_TRAIN_INJECT_NAN="3,5@1" makes the loss NaN at step 3 on every rank and at
+// step 5 on rank 1 only, as a diverging step would be (tests/integration/test_divergence.py).
+std::vector<int64_t> injected_nan_steps(int rank) {
+  std::vector<int64_t> out;
+  const char* env = std::getenv("ARWRAP_TRAIN_INJECT_NAN");
+  if (env == nullptr) return out;
+  std::stringstream in(env);
+  for (std::string item; std::getline(in, item, ',');) {
+    const auto at = item.find('@');
+    if (at != std::string::npos && parse_int("ARWRAP_TRAIN_INJECT_NAN", item.substr(at + 1), 0) != rank) continue;
+    out.push_back(parse_int("ARWRAP_TRAIN_INJECT_NAN", item.substr(0, at), 1));
+  }
+  return out;
+}
+
+// "12 7 301": a 1-D tensor of ids
+std::string ids_text(const at::Tensor& ids) {
+  std::string out;
+  auto acc = ids.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < acc.size(0); ++i) out += (i ? " " : "") + std::to_string(acc[i]);
+  return out;
+}
+
+std::string text_number(double x) {
+  std::ostringstream s;
+  s << x;
+  return s.str();
+}
+
 // ------------------------------------------------------------------ run
 
 int run(int argc, char** argv) {
@@ -63,6 +95,13 @@ int run(int argc, char** argv) {
            (a.resume ? " (leave out --resume to start a new run)" : ""));
     ckpt = train::load_checkpoint(a.checkpoint);
     apply_train_args(a, ckpt->train_args);  // the run's data, batch, ... unless given again
+    if (const auto at = ckpt->train_args.find("\nsteps="); at != std::string::npos && a.schedule != "constant") {
+      const std::string was = ckpt->train_args.substr(at + 7, ckpt->train_args.find('\n', at + 1) - at - 7);
+      if (was != std::to_string(a.steps))
+        std::printf("note: the run was scheduled for %s steps, --steps is %lld: the %s decay is stretched to "
+                    "step %lld from here (the learning rate moves)\n",
+                    was.c_str(), static_cast<long long>(a.steps), a.schedule.c_str(), static_cast<long long>(a.steps));
+    }
   }
   arwrap::TransformerWrapperOptions config = config_from_flags(a);
   if (ckpt) {
@@ -83,6 +122,21 @@ int run(int argc, char** argv) {
 
   if (a.sample) {
     if (a.sample->empty()) fail("--sample needs a non-empty prompt");
+    if (config.num_tokens() != 256) {  // a token model: the prompt and the sample are ids
+      std::vector<int64_t> ids;
+      std::string item;
+      for (std::istringstream in(*a.sample); in >> item;)
+        for (std::istringstream parts(item); std::getline(parts, item, ',');)
+          if (!item.empty()) ids.push_back(parse_int("--sample", item, 0));
+      for (int64_t id : ids)
+        if (id >= config.num_tokens())
+          fail("--sample: id " + std::to_string(id) + " is outside the vocabulary (num_tokens " +
+               std::to_string(config.num_tokens()) + ")");
+      if (ids.empty()) fail("--sample: a token model's prompt is token ids, e.g. --sample '12 7 301'");
+      const at::Tensor out = generate_ids(net, torch::tensor(ids, torch::kLong), a.sample_len, a.temperature, a.seed);
+      std::printf("%s\n", ids_text(torch::cat({torch::tensor(ids, torch::kLong), out})).c_str());
+      return 0;
+    }
     const std::string text = generate_text(net, *a.sample, a.sample_len, a.temperature, a.seed);
     std::fwrite(a.sample->data(), 1, a.sample->size(), stdout);
     std::fwrite(text.data(), 1, text.size(), stdout);
@@ -90,15 +144,15 @@ int run(int argc, char** argv) {
     return 0;
   }
 
-  Data data = load_data(a, seq_len);
-  std::printf("corpus: %s; %lld train / %lld validation bytes\n", data.source.c_str(),
-              static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()));
+  Data data = load_data(a, seq_len, config.num_tokens(), ckpt.has_value() || a.given.count("num-tokens"));
+  std::printf("corpus: %s; %lld train / %lld validation %s\n", data.source.c_str(),
+              static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()), data.unit());
   const train::Precision precision =
       a.precision.empty() ? train::default_precision(c10::DeviceType::CPU) : train::parse_precision(a.precision);
   if (a.eval_only) {
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
-    std::printf("step %lld  val_loss %.6f  (%lld windows of %lld bytes)\n", static_cast<long long>(ckpt->step), loss,
-                static_cast<long long>(count), static_cast<long long>(seq_len + 1));
+    std::printf("step %lld  val_loss %.6f  (%lld windows of %lld %s)\n", static_cast<long long>(ckpt->step), loss,
+                static_cast<long long>(count), static_cast<long long>(seq_len + 1), data.unit());
     return 0;
   }
 
@@ -138,10 +192,13 @@ int run(int argc, char** argv) {
   dp.start(params, net->buffers(true));  // rank 0's weights everywhere; the gradient reducer
   std::printf("model: %s, %.2f M parameters, %d thread%s\n", describe(config).c_str(), n_params / 1e6,
               torch::get_num_threads(), torch::get_num_threads() == 1 ? "" : "s");
-  std::printf("training: steps %lld..%lld, batch %lld x accum %lld x %lld bytes, %s lr %g (warmup %lld), seed %lld%s\n",
+  const std::string schedule = a.schedule == "constant"
+                                   ? std::string()
+                                   : ", " + a.schedule + " to " + text_number(min_lr(a)) + " at step " + std::to_string(a.steps);
+  std::printf("training: steps %lld..%lld, batch %lld x accum %lld x %lld %s, %s lr %g (warmup %lld%s), seed %lld%s\n",
               static_cast<long long>(start_step + 1), static_cast<long long>(a.steps), static_cast<long long>(a.batch),
-              static_cast<long long>(a.accum), static_cast<long long>(seq_len), a.optimizer.c_str(), a.lr,
-              static_cast<long long>(a.warmup), static_cast<long long>(a.seed),
+              static_cast<long long>(a.accum), static_cast<long long>(seq_len), data.unit(), a.optimizer.c_str(), a.lr,
+              static_cast<long long>(a.warmup), schedule.c_str(), static_cast<long long>(a.seed),
               ckpt ? (", resumed from " + a.checkpoint).c_str() : "");
   std::printf("precision: %s (%s)%s\n", train::precision_name(precision),
               train::precision_reason(precision, c10::DeviceType::CPU, !a.precision.empty()).c_str(),
@@ -164,6 +221,8 @@ int run(int argc, char** argv) {
                                ckpt.has_value(), metrics_options);
   std::printf("metrics: %s\n", metrics.path().c_str());
 
+  // Writes the checkpoint of `step` from rank 0, and only weights and moments that are all finite:
+  // a diverged model never replaces the last good checkpoint.
   auto save = [&](int64_t step) {
     if (!dp.is_main()) return;  // rank 0 writes the checkpoint
     train::Checkpoint c;
@@ -174,13 +233,18 @@ int run(int argc, char** argv) {
     c.optimizer_name = a.optimizer;
     c.optimizer = train::optimizer_state(*opt, a.optimizer, named);
     c.train_args = train_args_string(a);
+    for (const auto* m : {&c.model, &c.optimizer})
+      for (const auto& [name, t] : *m)
+        if (t.is_floating_point() && !t.isfinite().all().item<bool>())
+          fail("step " + std::to_string(step) + ": " + name + " holds NaN or infinite values; checkpoint " +
+               a.checkpoint + " not written (the file there, if any, is unchanged)");
     train::save_checkpoint(a.checkpoint, c);
   };
   auto validate = [&](int64_t step) {  // in float32 whatever --precision: one scale for every run
     if (!dp.is_main()) return std::nan("");  // rank 0 validates
     const auto [loss, count] = validation_loss(model, data, seq_len, a.val_windows, a.batch);
-    std::printf("step %5lld  val_loss %.6f  (bits/byte %.3f)\n", static_cast<long long>(step), loss,
-                loss / std::log(2.0));
+    std::printf("step %5lld  val_loss %.6f  (bits/%s %.3f)\n", static_cast<long long>(step), loss,
+                data.tokens ? "token" : "byte", loss / std::log(2.0));
     std::fflush(stdout);
     metrics.validation(step, loss);
     return loss;
@@ -189,6 +253,16 @@ int run(int argc, char** argv) {
     if (!dp.is_main()) return;
     auto rng = rng_for(a.seed, step, 1);
     const int64_t prime = std::min<int64_t>(64, seq_len);
+    if (data.tokens) {  // a token corpus: the prompt and the sample as ids
+      const Segment& s = data.val_segments.front();
+      std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, s.count - prime - 1));
+      const at::Tensor prompt = segment_tensor(s, pick(rng), std::min(prime, s.count));
+      const at::Tensor out = generate_ids(net, prompt, a.sample_len, a.temperature, a.seed * 1000003 + step);
+      std::printf("sample at step %lld, prompt ids %s:\n  | %s\n", static_cast<long long>(step),
+                  ids_text(prompt).c_str(), ids_text(out).c_str());
+      std::fflush(stdout);
+      return;
+    }
     std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, data.val_size() - 2 * prime - 1));
     int64_t at = pick(rng);
     const std::string val(data.val(), static_cast<size_t>(data.val_size()));
@@ -213,10 +287,23 @@ int run(int argc, char** argv) {
   double train_seconds = 0, log_loss = 0;
   int64_t log_steps = 0;
   const int64_t tokens_per_step = dp.global_tokens(a.batch * a.accum * seq_len);  // all ranks
+  // Divergence: a step whose loss or gradient norm is not finite (on any rank: they agree) takes no
+  // optimizer step, so the weights and the moments stay as they were; it is printed and counted in
+  // the metrics. --max-bad-steps of them in a row stop the run with an error, before any save.
+  const std::vector<int64_t> inject_nan = injected_nan_steps(dp.rank());
+  int64_t bad_streak = 0, bad_total = 0, log_skipped = 0, streak_from = 0;
+  bool save_due = false;
+  int64_t saved_step = -1;  // the step of this run's latest checkpoint
+  const bool had_checkpoint = std::filesystem::exists(a.checkpoint);
+  auto kept = [&] {
+    if (saved_step >= 0)
+      return "the checkpoint at " + a.checkpoint + " holds step " + std::to_string(saved_step) + ", the last good one";
+    return had_checkpoint ? "the checkpoint at " + a.checkpoint + " is unchanged" : std::string("no checkpoint written");
+  };
   int64_t step = start_step;
   while (step < a.steps) {
     ++step;
-    const double lr = a.warmup > 0 && step <= a.warmup ? a.lr * static_cast<double>(step) / a.warmup : a.lr;
+    const double lr = scheduled_lr(a, step);
     set_lr(lr);
     const auto ts = clock::now();
     auto rngs = dp.window_rngs(a.seed, step);  // this rank's windows: (seed, step, rank)
@@ -230,36 +317,69 @@ int run(int argc, char** argv) {
         train::PrecisionScope in_precision(precision, c10::DeviceType::CPU);
         loss = model->forward(parts.size() == 1 ? parts[0] : torch::cat(parts)).loss;
       }
+      if (std::find(inject_nan.begin(), inject_nan.end(), step) != inject_nan.end()) loss = loss * std::nan("");
       (loss / static_cast<double>(a.accum)).backward();
       loss_sum += loss.item<double>();
     }
     dp.after_backward();  // .grad = the mean over ranks: the clip below is on the global norm
     const double grad_norm = torch::nn::utils::clip_grad_norm_(params, 0.5);
-    opt->step();
+    const auto agreed = dp.agree(loss_sum / static_cast<double>(a.accum), grad_norm, g_interrupted);
+    if (agreed.interrupted) g_interrupted = true;  // every rank stops at the same step
+    if (agreed.finite) {
+      opt->step();
+      bad_streak = 0;
+      log_loss += agreed.loss;
+      ++log_steps;
+    } else {
+      if (bad_streak++ == 0) streak_from = step;
+      ++bad_total;
+      ++log_skipped;
+      std::printf("step %5lld/%lld  loss %g, gradient norm %g: not finite, optimizer step skipped "
+                  "(%lld in a row, %lld in this run; --max-bad-steps %lld)\n",
+                  static_cast<long long>(step), static_cast<long long>(a.steps), agreed.loss, grad_norm,
+                  static_cast<long long>(bad_streak), static_cast<long long>(bad_total),
+                  static_cast<long long>(a.max_bad_steps));
+      std::fflush(stdout);
+    }
     opt->zero_grad();
-    const auto [step_loss, stop] = dp.agree(loss_sum / static_cast<double>(a.accum), g_interrupted);
-    if (stop) g_interrupted = true;  // every rank stops at the same step
     train_seconds += std::chrono::duration<double>(clock::now() - ts).count();
-    log_loss += step_loss;
-    ++log_steps;
 
-    if (step % a.log_every == 0 || step == a.steps || step == start_step + 1) {
+    const bool stop_bad = bad_streak >= a.max_bad_steps;
+    if (step % a.log_every == 0 || step == a.steps || step == start_step + 1 || stop_bad) {
       const auto now = clock::now();
       const double elapsed = std::chrono::duration<double>(now - t0).count();
       const double left = elapsed / static_cast<double>(step - start_step) * static_cast<double>(a.steps - step);
       const double interval = std::chrono::duration<double>(now - t_log).count();
-      const double tok_s = static_cast<double>(tokens_per_step * log_steps) / std::max(interval, 1e-9), rss = resident_mb();
-      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left  rss %.1f MB\n", static_cast<long long>(step),
-                  static_cast<long long>(a.steps), log_loss / log_steps, tok_s, duration(left).c_str(), rss);
-      metrics.train(step, {log_loss / log_steps, tok_s, lr, grad_norm, rss});
+      const double tok_s = static_cast<double>(tokens_per_step * (log_steps + log_skipped)) / std::max(interval, 1e-9);
+      const double rss = resident_mb(), mean_loss = log_steps ? log_loss / log_steps : std::nan("");
+      std::printf("step %5lld/%lld  loss %.4f  %6.0f tok/s  %s left  rss %.1f MB%s\n", static_cast<long long>(step),
+                  static_cast<long long>(a.steps), mean_loss, tok_s, duration(left).c_str(), rss,
+                  log_skipped ? ("  (" + std::to_string(log_skipped) + " skipped)").c_str() : "");
+      metrics.train(step, {mean_loss, tok_s, lr, grad_norm, rss, log_skipped});
       std::fflush(stdout);
       t_log = clock::now();
       log_loss = 0;
       log_steps = 0;
+      log_skipped = 0;
+    }
+    if (stop_bad) {
+      metrics.flush();
+      fail("training diverged: " + std::to_string(bad_streak) + " step" + (bad_streak == 1 ? "" : "s") +
+           " in a row (" + std::to_string(streak_from) + ".." + std::to_string(step) +
+           ") had a non-finite loss or gradient norm (--max-bad-steps " + std::to_string(a.max_bad_steps) + "); " +
+           kept() + "; try a lower --lr (" + text_number(a.lr) + ") or a longer --warmup");
     }
     if ((a.val_every && step % a.val_every == 0) || step == a.steps) last_val = validate(step);
     if (a.sample_every && (step % a.sample_every == 0 || step == a.steps)) sample(step);
-    if ((a.save_every && step % a.save_every == 0) || step == a.steps || g_interrupted) save(step);
+    save_due = save_due || (a.save_every && step % a.save_every == 0) || step == a.steps || g_interrupted;
+    // A checkpoint due during a streak of skipped steps waits for the next good one, so that a streak
+    // that becomes a divergence leaves the previous checkpoint as it was. The last step (or Ctrl-C)
+    // saves anyway: the weights are the last good step's, and the streak stayed under --max-bad-steps.
+    if (save_due && (bad_streak == 0 || step == a.steps || g_interrupted)) {
+      save(step);
+      saved_step = step;
+      save_due = false;
+    }
     if (g_interrupted) {
       std::printf("interrupted at step %lld; checkpoint saved to %s\ncontinue: %s --checkpoint %s --resume\n",
                   static_cast<long long>(step), a.checkpoint.c_str(), prog.c_str(), a.checkpoint.c_str());
@@ -276,7 +396,11 @@ int run(int argc, char** argv) {
     std::printf("%s\n", comm.c_str());
   std::printf("checkpoint: %s (step %lld)\n", abs.c_str(), static_cast<long long>(step));
   std::printf("metrics:    %s  (plot: scripts/plot.sh %s)\n", metrics.path().c_str(), metrics.path().c_str());
-  std::printf("sample:     %s --checkpoint %s --sample 'def main():' --sample-len 400\n", prog.c_str(), abs.c_str());
+  if (data.tokens)
+    std::printf("sample:     %s --checkpoint %s --sample '0 1 2' --sample-len 64  (token ids)\n", prog.c_str(),
+                abs.c_str());
+  else
+    std::printf("sample:     %s --checkpoint %s --sample 'def main():' --sample-len 400\n", prog.c_str(), abs.c_str());
   std::printf("continue:   %s --checkpoint %s --resume --steps %lld\n", prog.c_str(), abs.c_str(),
               static_cast<long long>(2 * a.steps));
   std::printf("in Python:  from arwrap_cpp.checkpoint import load_model; net = load_model('%s')"

@@ -107,6 +107,7 @@ void MetricsWriter::train(int64_t step, const TrainPoint& p) {
   field(step, "lr", p.lr, 7);
   field(step, "grad_norm", p.grad_norm, 7);
   field(step, "rss_mb", p.rss_mb, 6);
+  field(step, "skipped_steps", static_cast<double>(p.skipped), 17);
 }
 
 void MetricsWriter::validation(int64_t step, double loss) {

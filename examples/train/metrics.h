@@ -33,6 +33,7 @@ struct TrainPoint {
   double lr = 0;            // learning rate of this step
   double grad_norm = 0;     // total gradient norm of this step, before clipping
   double rss_mb = 0;        // resident memory of the process (MB)
+  int64_t skipped = 0;      // steps skipped since the previous logged step (non-finite loss or gradient)
 };
 
 class MetricsWriter {

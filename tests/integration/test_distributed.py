@@ -55,11 +55,12 @@ def clean_env(**extra):
     return env
 
 
-def torchrun(nproc, *args, timeout=600):
+def torchrun(nproc, *args, timeout=600, **env):
     """python -m torch.distributed.run --no-python, as `torchrun --no-python` runs a binary."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--no-python", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, env=clean_env())
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                          env=clean_env(**env))
 
 
 def run1(*args, env=None, timeout=600):
@@ -198,6 +199,31 @@ def test_two_rank_checkpoint_resumes_on_one_and_on_two_ranks(trainer, corpus, tw
     p.write_bytes(ten.read_bytes())
     out = ok(run1(trainer, "--checkpoint", p, "--resume", "--steps", 15))
     assert "data parallel: world size 1" in out and ckpt.load_checkpoint(p)["step"] == 15
+
+
+def test_two_ranks_skip_a_non_finite_step_together(trainer, corpus, tmp_path):
+    """Step 3's loss NaN on rank 1 only (the test seam ARWRAP_TRAIN_INJECT_NAN, STEP@RANK): both ranks
+    skip that optimizer step, and the run ends with the weights of one process drawing both ranks'
+    windows with step 3 skipped."""
+    args = ["--data", corpus, *MODEL, *TRAIN, "--steps", 6]
+    out = ok(torchrun(2, trainer, *args, "--checkpoint", tmp_path / "two.pt", ARWRAP_TRAIN_INJECT_NAN="3@1"))
+    assert re.search(r"^step\s+3/6  loss nan, gradient norm nan: not finite, optimizer step skipped", out, re.M), out
+    two = ckpt.load_checkpoint(tmp_path / "two.pt")
+    assert two["optimizer"]["token_emb.emb.weight.step"].item() == 5
+    env = clean_env(ARWRAP_TRAIN_INJECT_NAN="3")
+    ok(run1(trainer, *args, "--as-ranks", 2, "--checkpoint", tmp_path / "one.pt", env=env))
+    assert max_rel_diff(two["model"], ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= 1e-5
+
+
+def test_two_ranks_that_diverge_both_stop_and_keep_the_checkpoint(trainer, two_rank_run, tmp_path):
+    full, _, _ = two_rank_run
+    path = tmp_path / "model.pt"
+    path.write_bytes(full.read_bytes())
+    proc = torchrun(2, trainer, "--checkpoint", path, "--resume", "--steps", 40, "--lr", 1e6, "--max-bad-steps", 3)
+    assert proc.returncode != 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in (0, 1):
+        assert f"arwrap-train: error (rank {r} of 2): training diverged: 3 steps in a row" in proc.stderr, proc.stderr
+    assert path.read_bytes() == full.read_bytes()
 
 
 def _start_by_hand(trainer, corpus, tmp_path, timeout_s):
