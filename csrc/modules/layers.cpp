@@ -161,6 +161,11 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
 }
 
 at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training) {
+  const bool dropout = training && d.ff_dropout() > 0;
+  if (!dropout && at::GradMode::is_enabled() &&
+      (h.requires_grad() || w.ff_in_w.requires_grad() || w.ff_in_b.requires_grad() || w.ff_out_w.requires_grad() ||
+       w.ff_out_b.requires_grad()))
+    return lean_feed_forward(h, w, d);
   at::Tensor f = project(h, w.ff_in_w, w.ff_in_b);
   if (d.ff_glu()) {
     auto parts = f.chunk(2, -1);
@@ -168,7 +173,7 @@ at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const Decode
   } else {
     f = d.ff_swish() ? at::silu(f) : at::gelu(f);
   }
-  if (training && d.ff_dropout() > 0) f = at::dropout(f, d.ff_dropout(), true);
+  if (dropout) f = at::dropout(f, d.ff_dropout(), true);
   return project(f, w.ff_out_w, w.ff_out_b);
 }
 

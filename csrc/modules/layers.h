@@ -73,7 +73,13 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
 
 // The feed-forward block on the normed input: Linear, GELU/SiLU (or its GLU), dropout, Linear.
+// Where a backward will run and there is no dropout, lean_feed_forward.
 at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training);
+
+// The same block (no dropout) as one autograd function that keeps only its input and the
+// pre-activation for the backward and recomputes the activation's output there
+// (lean_feed_forward.cpp).
+at::Tensor lean_feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d);
 
 // One pre-norm residual layer: x + attention(norm(x)), then + feed_forward(norm(.)); the caches
 // and lse as in attention().
