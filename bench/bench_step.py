@@ -10,6 +10,8 @@ with the floor of each configuration and precision:
     arwrap_xt_net       our wrapper around x-transformers' flash net          float32
     native_fp32         arwrap_cpp.TransformerWrapper + our wrapper           float32
     native_bf16         the same under torch.autocast("cpu", bf16)           bfloat16
+    native_ckpt_fp32    the native net with Decoder(checkpoint_layers=True)   float32
+    native_ckpt_bf16    the same under torch.autocast("cpu", bf16)           bfloat16
 * floor (per configuration and precision): the step's matrix products (projections,
   attention products with the causal half skipped, feed-forward, head; forward and the
   two backward products of each), run alone as torch.mm / torch.bmm at their shapes and
@@ -42,7 +44,7 @@ from configs import CONFIGS as MODEL_CONFIGS, DIM_HEAD, HEADS, TINY, TRAINER, TR
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
-              "arwrap_xt_net", "native_fp32", "native_bf16")
+              "arwrap_xt_net", "native_fp32", "native_bf16", "native_ckpt_fp32", "native_ckpt_bf16")
 # name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
 CONFIGS = {
     **{name: (*c, HEADS, False) for name, c in MODEL_CONFIGS.items()},
@@ -75,7 +77,8 @@ def build(name, V, dim, depth, max_seq_len, heads, rotary):
         return w, xt
     if name == "arwrap_xt_net":
         return arwrap_cpp.AutoregressiveWrapper(xt, fused_head=True), xt
-    net = arwrap_cpp.TransformerWrapper(**wkw, attn_layers=arwrap_cpp.Decoder(**dkw))
+    net = arwrap_cpp.TransformerWrapper(**wkw, attn_layers=arwrap_cpp.Decoder(**dkw,
+                                                                          checkpoint_layers="_ckpt_" in name))
     net.load_state_dict(xt.state_dict())
     del xt
     return arwrap_cpp.AutoregressiveWrapper(net), net
@@ -293,7 +296,7 @@ def load_line(configs, results, trainer):
             return f"{r['others_cpu_share']:.0%}"
         return "not recorded"
 
-    parts = [f"{c} {fmt(next((r for r in results if r['config'] == c), {}))}" for c in configs]
+    parts = [f"{c} {fmt(next((r for r in reversed(results) if r['config'] == c), {}))}" for c in configs]
     if trainer:
         parts.append(f"trainer {fmt(next((r for r in trainer.values() if isinstance(r, dict)), {}))}")
     return (f"Share of the {os.cpu_count()} cores other jobs used while each part ran (/proc/stat less the "
@@ -316,7 +319,7 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
              "Training step (loss = wrapper(x); loss.backward()), dim_head 64. step / floor: the step's time over "
              "its precision's floor; vs best xt: the fastest x-transformers contender of the same precision over "
              "this one (>1: we are faster); memory vs leanest xt: peak extra memory over the leanest "
-             "x-transformers contender's.", "",
+             "x-transformers contender's of the same precision.", "",
              "| config | contender | precision | step ms | step / floor | vs best xt | peak extra MB | "
              "memory vs leanest xt | loss |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -329,8 +332,8 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
             fl = ok.get(f"floor_{prec}")
             xts = [r for c, r in ok.items() if c.startswith("xt_") and (is_bf16(c) == (prec == "bf16"))]
             best = min((r["time_s"] for r in xts), default=float("nan"))
-            lean = min((r["peak_extra_bytes"] for r in ok.values() if r["contender"].startswith("xt_")
-                        and math.isfinite(r.get("peak_extra_bytes", float("nan")))), default=float("nan"))
+            lean = min((r["peak_extra_bytes"] for r in xts if math.isfinite(r.get("peak_extra_bytes", float("nan")))),
+                       default=float("nan"))
             if fl:
                 lines.append(f"| {label} | floor ({fl['gflop']:.3g} GFLOP at {fl['gflops']:.0f} GFLOP/s) | {prec} | "
                              f"{fl['time_s'] * 1e3:.0f} | 1.00 | | | | |")
@@ -372,7 +375,8 @@ def main():
     ap.add_argument("--trainer-steps", type=int, default=30)
     ap.add_argument("--out", default=str(HERE / "results" / "step"))
     ap.add_argument("--merge", action="store_true",
-                    help="keep the results already in OUT.json for configurations not measured in this run")
+                    help="keep the results already in OUT.json for the (configuration, contender) pairs not "
+                         "measured in this run (the floors are remeasured with every configuration)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure", default="time", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -395,7 +399,8 @@ def main():
 
     out_json = Path(args.out).with_suffix(".json")
     old = json.loads(out_json.read_text()) if args.merge and out_json.exists() else {}
-    results = [r for r in old.get("results", []) if r["config"] not in configs]
+    measured = set(contenders) | {"floor_fp32", "floor_bf16"}
+    results = [r for r in old.get("results", []) if r["config"] not in configs or r["contender"] not in measured]
     trainer = old.get("trainer")
     commands = list(old.get("commands", []))
     if configs or args.trainer:
@@ -425,7 +430,7 @@ def main():
             results.append(r)
         share = watch.others_share()
         for r in results:
-            if r["config"] == cfg:
+            if r["config"] == cfg and r["contender"] in measured:
                 r["others_cpu_share"] = share
         save()  # after every configuration: a long run that stops keeps what it measured
     if args.trainer:

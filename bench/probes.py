@@ -91,29 +91,41 @@ def attention(args):
 
 
 def saved(args):
+    """What one step keeps for its backward (saved_tensors_hooks, unique storages), in float32
+    and under bf16 autocast, for the native net (plain and checkpoint_layers) and x-transformers
+    flash; per layer: the difference to the same net one layer shallower."""
     import bench_step as bs
 
     V, dim, depth, b, n1, heads, rotary = bs.CONFIGS[args.what or "B"]
     x = torch.randint(0, V, (b, n1), generator=torch.Generator().manual_seed(2))
-    for name in ("native_fp32", "xt_flash"):
+
+    def count(name, depth, bf16):
         wrapper, net = bs.build(name, V, dim, depth, n1, heads, rotary)
+        params = {p.untyped_storage().data_ptr() for p in net.parameters()}
         seen, by_shape = {}, collections.Counter()
 
         def pack(t):
             key = (t.untyped_storage().data_ptr(), t.dtype)
-            if key not in seen:
+            if key not in seen and key[0] not in params:
                 seen[key] = t.untyped_storage().nbytes()
-                by_shape[(tuple(t.shape), str(t.dtype))] += seen[key]
+                by_shape[(tuple(t.shape), str(t.dtype).replace("torch.", ""))] += seen[key]
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = wrapper(x)
-        params = sum(p.numel() * p.element_size() for p in net.parameters())
-        print(f"{name}: {sum(seen.values()) / 2**20:.0f} MB saved for backward in {len(seen)} storages "
-              f"(the parameters' {params / 2**20:.0f} MB among them); largest by shape:")
-        for (shape, dt), nb in by_shape.most_common(6):
-            print(f"    {shape} {dt}: {nb / 2**20:.0f} MB")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = wrapper(x)
         del loss
+        return sum(seen.values()), by_shape
+
+    for bf16 in (False, True):
+        for name in ("native_fp32", "native_ckpt_fp32", "xt_flash"):
+            total, shapes = count(name, depth, bf16)
+            _, fewer = count(name, depth - 1, bf16)
+            layer = shapes - fewer
+            print(f"{name}{' bf16 autocast' if bf16 else ''}: {total / 2**20:.0f} MB saved for backward besides the "
+                  f"parameters; per layer {sum(layer.values()) / 2**20:.1f} MB:")
+            for (shape, dt), nb in sorted(layer.items(), key=lambda kv: -kv[1]):
+                print(f"    {shape} {dt}: {nb / 2**20:.1f} MB")
 
 
 def loop(args):

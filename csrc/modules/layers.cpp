@@ -11,6 +11,22 @@
 
 namespace arwrap::layers {
 
+namespace {
+thread_local bool recorded_kernels = false;
+}  // namespace
+
+RecordedKernelsGuard::RecordedKernelsGuard() : previous_(recorded_kernels) { recorded_kernels = true; }
+RecordedKernelsGuard::~RecordedKernelsGuard() { recorded_kernels = previous_; }
+
+std::vector<at::Tensor> LayerWeights::list() const {
+  return {attn_norm, q, k, v, out, ff_norm, ff_in_w, ff_in_b, ff_out_w, ff_out_b};
+}
+
+LayerWeights LayerWeights::from_list(at::TensorList w) {
+  TORCH_CHECK(w.size() == 10, "LayerWeights::from_list: expected 10 weights, got ", w.size());
+  return {w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9]};
+}
+
 Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
   const auto specs = o.parameter_specs();
   TORCH_CHECK_VALUE(w.size() == specs.size(), "TransformerWrapper: expected ", specs.size(),
@@ -51,7 +67,7 @@ Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
 }
 
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (small_batch_linear_applies(x, weight, bias)) return small_batch_linear(x, weight, bias);
+  if (!recorded_kernels && small_batch_linear_applies(x, weight, bias)) return small_batch_linear(x, weight, bias);
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
@@ -145,6 +161,11 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
 }
 
 at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training) {
+  const bool dropout = training && d.ff_dropout() > 0;
+  if (!dropout && at::GradMode::is_enabled() &&
+      (h.requires_grad() || w.ff_in_w.requires_grad() || w.ff_in_b.requires_grad() || w.ff_out_w.requires_grad() ||
+       w.ff_out_b.requires_grad()))
+    return lean_feed_forward(h, w, d);
   at::Tensor f = project(h, w.ff_in_w, w.ff_in_b);
   if (d.ff_glu()) {
     auto parts = f.chunk(2, -1);
@@ -152,8 +173,17 @@ at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const Decode
   } else {
     f = d.ff_swish() ? at::silu(f) : at::gelu(f);
   }
-  if (training && d.ff_dropout() > 0) f = at::dropout(f, d.ff_dropout(), true);
+  if (dropout) f = at::dropout(f, d.ff_dropout(), true);
   return project(f, w.ff_out_w, w.ff_out_b);
+}
+
+at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
+                         const AttentionContext& ctx, bool training, at::Tensor* k_cache, at::Tensor* v_cache,
+                         at::Tensor* lse) {
+  const at::Tensor h = norm(x, w.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
+  const at::Tensor y = x + attention(h, w, d, ctx, k_cache, v_cache, lse);
+  const at::Tensor hf = norm(y, w.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
+  return y + feed_forward(hf, w, d, training);
 }
 
 }  // namespace arwrap::layers

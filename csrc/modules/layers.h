@@ -15,6 +15,9 @@ namespace arwrap::layers {
 // One decoder layer's weights (roles of the parameter table).
 struct LayerWeights {
   at::Tensor attn_norm, q, k, v, out, ff_norm, ff_in_w, ff_in_b, ff_out_w, ff_out_b;
+  // the ten in this order, and back (for an autograd function's inputs)
+  std::vector<at::Tensor> list() const;
+  static LayerWeights from_list(at::TensorList w);
 };
 
 // The whole net's weights by role, from the flat list in parameter_specs() order.
@@ -70,6 +73,40 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
 
 // The feed-forward block on the normed input: Linear, GELU/SiLU (or its GLU), dropout, Linear.
+// Where a backward will run and there is no dropout, lean_feed_forward.
 at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training);
+
+// The same block (no dropout) as one autograd function that keeps only its input and the
+// pre-activation for the backward and recomputes the activation's output there
+// (lean_feed_forward.cpp).
+at::Tensor lean_feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d);
+
+// One pre-norm residual layer: x + attention(norm(x)), then + feed_forward(norm(.)); the caches
+// and lse as in attention().
+at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
+                         const AttentionContext& ctx, bool training, at::Tensor* k_cache, at::Tensor* v_cache,
+                         at::Tensor* lse);
+
+// DecoderOptions::checkpoint_layers: decoder_layer (without caches) as one autograd function that
+// runs the layer without recording and saves only x and the weights; its backward restores the
+// forward's random state (dropout) and autocast settings, runs the layer again with recording
+// and back-propagates through it (layer_checkpoint.cpp). The same values and gradients as
+// decoder_layer, bit for bit in float32. Not twice differentiable.
+at::Tensor checkpointed_decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
+                                      const AttentionContext& ctx, bool training, at::Tensor* lse);
+
+// While one is alive (on this thread), the layers take the kernels the recorded forward takes
+// (project() never takes the small-batch kernel, which applies only without gradients), so a
+// layer run without recording gives the bits its recomputation with recording gives.
+class RecordedKernelsGuard {
+ public:
+  RecordedKernelsGuard();
+  ~RecordedKernelsGuard();
+  RecordedKernelsGuard(const RecordedKernelsGuard&) = delete;
+  RecordedKernelsGuard& operator=(const RecordedKernelsGuard&) = delete;
+
+ private:
+  bool previous_;
+};
 
 }  // namespace arwrap::layers

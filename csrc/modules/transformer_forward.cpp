@@ -95,15 +95,20 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
 
   // the pre-norm residual layers
   at::Tensor lse_sum;
+  // checkpoint_layers: only where a backward will run (recording, something needs a gradient)
+  bool recompute = false;
+  if (d.checkpoint_layers() && !cache && at::GradMode::is_enabled()) {
+    recompute = x.requires_grad();
+    for (const at::Tensor& w : weights) recompute = recompute || w.requires_grad();
+  }
   for (int64_t l = 0; l < d.depth(); ++l) {
     const auto& L = W.layers[l];
     at::Tensor lse;
-    const at::Tensor h = layers::norm(x, L.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
-    x = x + layers::attention(h, L, d, ctx, cache ? &cache->k[l] : nullptr, cache ? &cache->v[l] : nullptr,
-                              in.return_attn_z_loss ? &lse : nullptr);
+    at::Tensor* want_lse = in.return_attn_z_loss ? &lse : nullptr;
+    x = recompute ? layers::checkpointed_decoder_layer(x, L, d, ctx, training, want_lse)
+                  : layers::decoder_layer(x, L, d, ctx, training, cache ? &cache->k[l] : nullptr,
+                                          cache ? &cache->v[l] : nullptr, want_lse);
     if (lse.defined()) lse_sum = lse_sum.defined() ? lse_sum + lse : lse;
-    const at::Tensor hf = layers::norm(x, L.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
-    x = x + layers::feed_forward(hf, L, d, training);
   }
   if (cache) cache->length += n;
   x = layers::norm(x, W.final_norm, d.use_rmsnorm(), d.norm_add_unit_offset());

@@ -140,6 +140,7 @@ const std::vector<std::pair<std::string, Field>>& fields() {
       ARWRAP_DBL(o.attn_layers(), true, attn_qk_norm_scale),
       ARWRAP_DBL(o.attn_layers(), true, attn_dropout),
       ARWRAP_DBL(o.attn_layers(), true, ff_dropout),
+      ARWRAP_BOOL(o.attn_layers(), true, checkpoint_layers),
       ARWRAP_DBL(o, false, emb_dropout),
       ARWRAP_BOOL(o, false, use_abs_pos_emb),
       ARWRAP_BOOL(o, false, tie_embedding),

@@ -168,6 +168,11 @@ const std::vector<Flag>& flags() {
                  "sampling temperature (default 0.8; top-k filter, k = 26)"),
       int_flag(kTraining, "save-every", &Args::save_every, 0, true,
                "checkpoint every N steps and at the end, 0: only at the end (default 100)"),
+      {kTraining, "checkpoint-layers", "",
+       "each layer keeps only its input and recomputes itself in the backward"
+       "\n(DecoderOptions::checkpoint_layers): less memory, the same gradients,"
+       "\nabout one more forward per step. Not stored: give it again on --resume", false,
+       [](Args& a, const std::string&, const std::string&) { a.checkpoint_layers = true; }, nullptr},
       string_flag(kTraining, "checkpoint", "PATH", &Args::checkpoint, false,
                   "checkpoint file (default arwrap-train.pt); written atomically", {}, true),
       {kTraining, "resume", "", "continue from --checkpoint: weights, optimizer moments, step, flags", false,

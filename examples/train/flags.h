@@ -35,6 +35,7 @@ struct Args {
   std::string checkpoint = "arwrap-train.pt";
   std::string metrics;  // empty: beside the checkpoint (default_metrics_path)
   bool resume = false, eval_only = false;
+  bool checkpoint_layers = false;  // DecoderOptions::checkpoint_layers: how this process trains, not the model
   std::optional<std::string> sample;
   train::DistFlags dist;  // --dist-timeout, --as-ranks, --bucket-mb, --overlap (data_parallel.h)
   std::set<std::string> given;  // flags set on the command line

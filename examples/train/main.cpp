@@ -113,6 +113,7 @@ int run(int argc, char** argv) {
     }
     check_model_flags(a, config, a.checkpoint);
   }
+  config.attn_layers().checkpoint_layers(a.checkpoint_layers);  // how this run trains, whatever the checkpoint says
   const int64_t seq_len = config.max_seq_len();
 
   torch::manual_seed(static_cast<uint64_t>(a.seed));

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import _C
-from .transformer import Decoder, TransformerWrapper, parse_config
+from .transformer import NATIVE_ONLY_DECODER_OPTIONS, Decoder, TransformerWrapper, parse_config
 
 FORMAT = "arwrap-checkpoint-1"
 
@@ -166,6 +166,7 @@ def build_model(config: str, kind: str = "arwrap") -> nn.Module:
     if kind in ("x_transformers", "x-transformers"):
         import x_transformers
 
+        decoder = {k: v for k, v in decoder.items() if k not in NATIVE_ONLY_DECODER_OPTIONS}
         return x_transformers.TransformerWrapper(attn_layers=x_transformers.Decoder(**decoder), **wrapper)
     raise ValueError(f"kind must be 'arwrap' or 'x_transformers', got {kind!r}")
 

@@ -54,6 +54,9 @@ _FIELDS = [tuple(f) for f in _C.transformer_fields()]
 # x-transformers' Decoder / TransformerWrapper arguments we implement, with their defaults
 DECODER_DEFAULTS = {k: _field_value(k, t, d) for k, t, dec, d in _FIELDS if dec and d != ""}
 WRAPPER_DEFAULTS = {k: _field_value(k, t, d) for k, t, dec, d in _FIELDS if not dec and d != ""}
+# Decoder options that are ours alone: how the native net runs, not what it computes
+# (x_transformers.Decoder has no such argument)
+NATIVE_ONLY_DECODER_OPTIONS = ("checkpoint_layers",)
 
 
 def parse_config(config: str) -> tuple[dict, dict]:
@@ -117,6 +120,12 @@ class Decoder(nn.Module):
     ``attn_qk_norm`` (+ ``attn_qk_norm_scale=10``), ``attn_dropout``, ``ff_dropout``,
     ``norm_add_unit_offset=True``.
     Any other option raises ``ValueError``: never silently ignored.
+
+    One option is ours (x-transformers has none like it): ``checkpoint_layers=False``. With
+    ``True``, in a forward that records gradients each layer keeps only its input and runs
+    itself again in the backward (activation checkpointing, as ``torch.utils.checkpoint``
+    would, in C++): the same loss and gradients (bit for bit in float32; dropout replays its
+    random state), less memory, about one more forward per step. Not twice differentiable.
     """
 
     def __init__(self, *, dim: int, depth: int, **kwargs):

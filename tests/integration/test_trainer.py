@@ -88,8 +88,10 @@ def test_resume_continues_from_the_saved_step(trainer, corpus, trained, tmp_path
     first = run(trainer, "--data", corpus, *MODEL, *TRAIN, "--steps", 20, "--val-every", 10, "--sample-every", 0,
                 "--checkpoint", path).stdout
     assert ckpt.load_checkpoint(path)["step"] == 20
-    # no data/model flags: the checkpoint's; batches of step s come from (seed, s)
-    second = run(trainer, "--checkpoint", path, "--resume", "--steps", 30, "--threads", 1).stdout
+    # no data/model flags: the checkpoint's; batches of step s come from (seed, s). The second half
+    # recomputes its layers in the backward (--checkpoint-layers): the same gradients, the same run
+    second = run(trainer, "--checkpoint", path, "--resume", "--steps", 30, "--threads", 1,
+                 "--checkpoint-layers").stdout
     steps = [int(s) for s, _, _ in STEP.findall(second)]
     assert steps[0] == 21 and steps[-1] == 30 and 1 not in steps, second
     assert "resumed from" in second

@@ -48,6 +48,12 @@ struct DecoderOptions {
   TORCH_ARG(double, attn_qk_norm_scale) = 10.0;
   TORCH_ARG(double, attn_dropout) = 0.0;
   TORCH_ARG(double, ff_dropout) = 0.0;
+  // ours, not x-transformers' (it has no such option): in a forward that records gradients, each
+  // layer keeps only its input and recomputes itself in the backward (activation checkpointing,
+  // torch.utils.checkpoint's idea, in C++: layers.h, checkpointed_decoder_layer). The same loss
+  // and gradients, bit for bit in float32 (dropout replays its random state); less memory,
+  // about one more layer forward per layer in the backward.
+  TORCH_ARG(bool, checkpoint_layers) = false;
 };
 
 // What a parameter is in the forward.

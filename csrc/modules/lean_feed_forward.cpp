@@ -1,0 +1,86 @@
+// The feed-forward block with its own backward (layers.h, lean_feed_forward): Linear, GELU/SiLU
+// (or its GLU), Linear, as one torch::autograd::Function that saves the block's input (in the
+// products' dtype), the pre-activation and nothing else; its backward recomputes the activation's
+// output instead of keeping it (ATen element-wise ops, on every device), so the block keeps
+// (dim + inner) values per row where the composition of ATen ops keeps (dim + 2 inner).
+//
+// Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
+// input and the weights are cast to it (the same .to() autocast makes), the saved tensors are
+// in it, the gradients of the weights and the input come back in theirs (float32).
+#include "layers.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace arwrap::layers {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The activation of the pre-activation f (its GLU: the first half times act(second half)).
+at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
+  if (!glu) return swish ? at::silu(f) : at::gelu(f);
+  auto parts = f.chunk(2, -1);
+  return parts[0] * (swish ? at::silu(parts[1]) : at::gelu(parts[1]));
+}
+
+// d loss / d f from d loss / d activate(f).
+at::Tensor activate_backward(const at::Tensor& da, const at::Tensor& f, bool glu, bool swish) {
+  auto act_bwd = [&](const at::Tensor& g, const at::Tensor& x) {
+    return swish ? at::silu_backward(g, x) : at::gelu_backward(g, x);
+  };
+  if (!glu) return act_bwd(da, f);
+  auto parts = f.chunk(2, -1);
+  const at::Tensor act = swish ? at::silu(parts[1]) : at::gelu(parts[1]);
+  return at::cat({da * act, act_bwd(da * parts[0], parts[1])}, -1);
+}
+
+class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w_in, const at::Tensor& b_in,
+                            const at::Tensor& w_out, const at::Tensor& b_out, bool glu, bool swish) {
+    // the products' dtype: autocast's where it applies to this device, else the input's
+    const at::DeviceType dev = h.device().type();
+    const at::ScalarType dt = at::autocast::is_autocast_enabled(dev) && at::isFloatingType(h.scalar_type())
+                                  ? at::autocast::get_autocast_dtype(dev)
+                                  : h.scalar_type();
+    const at::Tensor hc = h.to(dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
+    const at::Tensor f = at::linear(hc, wi, bi);
+    const at::Tensor y = at::linear(activate(f, glu, swish), wo, bo);
+    ctx->save_for_backward({hc, f, w_in, w_out});
+    ctx->saved_data["glu"] = glu;
+    ctx->saved_data["swish"] = swish;
+    ctx->saved_data["h_dtype"] = h.scalar_type();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &hc = saved[0], &f = saved[1], &w_in = saved[2], &w_out = saved[3];
+    const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
+    const at::ScalarType dt = f.scalar_type();
+    const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = hc.size(-1);
+    const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
+    const at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});  // recomputed, not kept
+    const at::Tensor d_w_out = g.t().mm(a).to(w_out.scalar_type());
+    const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
+    const at::Tensor da = g.mm(w_out.to(dt));
+    const at::Tensor df = activate_backward(da, f.reshape({-1, inner}), glu, swish);
+    const at::Tensor h2 = hc.reshape({-1, D});
+    const at::Tensor d_w_in = df.t().mm(h2).to(w_in.scalar_type());
+    const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
+    const auto h_dtype = static_cast<at::ScalarType>(ctx->saved_data["h_dtype"].toInt());
+    const at::Tensor d_h = df.mm(w_in.to(dt)).view(hc.sizes()).to(h_dtype);
+    return {d_h, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor lean_feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d) {
+  return LeanFeedForward::apply(h, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b, d.ff_glu(), d.ff_swish());
+}
+
+}  // namespace arwrap::layers

@@ -1,0 +1,109 @@
+"""The feed-forward block with its own backward (csrc/modules/lean_feed_forward.cpp): it keeps
+its input and the pre-activation, not the activation's output, and its gradients are the
+composition's: against x-transformers' net (Linear, GELU/SiLU or GLU, Linear as ATen ops) in
+float64 to rounding, in float32 within 1e-6 relative, under bf16 autocast by cosine; gradcheck
+in float64 through the model operator."""
+import collections
+
+import pytest
+import torch
+
+import arwrap_cpp
+
+from test_transformer import CONFIGS, make_pair, V
+
+# GELU with an inner width of 2.5 dim, SiLU GLU, GELU GLU with rotary and qk-norm
+FF_CONFIGS = ["rmsnorm_no_offset_ff_mult", "glu_swish_rmsnorm", "rotary_dim_qk_scale_glu"]
+
+
+def step(net, wrapper_cls, x, dtype=None):
+    for p in net.parameters():
+        p.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = wrapper_cls(net)(x)
+    loss.backward()
+    return loss.detach().double(), {n: p.grad.double() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("config", FF_CONFIGS)
+def test_gradients_are_the_compositions(config):
+    from x_transformers import AutoregressiveWrapper as XAR
+
+    xt, ours = make_pair(*CONFIGS[config])
+    x = torch.randint(0, V, (3, 17))
+    # float64: the net's other kernels agree with x-transformers to ~1e-7 there (float32 tables
+    # and accumulators), so a wrong backward (errors of order 1) is what this catches; float32:
+    # the feed-forward's own weights within 1e-6, everything within 2e-6 (attention's rounding)
+    for dtype, tol, ff_tol in ((torch.float64, 1e-6, 1e-6), (torch.float32, 2e-6, 1e-6)):
+        xt.to(dtype), ours.to(dtype)
+        ref_loss, ref = step(xt, XAR, x)
+        loss, got = step(ours, arwrap_cpp.AutoregressiveWrapper, x)
+        assert rel(loss, ref_loss) <= ff_tol, (dtype, loss.item(), ref_loss.item())
+        assert got.keys() == ref.keys()
+        for name in ref:
+            assert rel(got[name], ref[name]) <= (ff_tol if ".ff." in name else tol), (dtype, name)
+    xt.float(), ours.float()
+    _, ref = step(xt, XAR, x, torch.bfloat16)
+    _, got = step(ours, arwrap_cpp.AutoregressiveWrapper, x, torch.bfloat16)
+    for name in ref:
+        cos = torch.nn.functional.cosine_similarity(got[name].flatten(), ref[name].flatten(), dim=0)
+        assert cos > 0.999, (name, cos.item())
+
+
+def ff_saved(glu, bf16):
+    """The storages the step keeps for its backward, per layer, of the feed-forward's inner width."""
+    torch.manual_seed(0)
+    dim, inner, b, n = 32, 128, 2, 9
+
+    def count(depth):
+        net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=arwrap_cpp.Decoder(
+            dim=dim, depth=depth, heads=2, attn_dim_head=16, ff_glu=glu))
+        params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        seen = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params and t.shape[-1] in (inner, 2 * inner) and t.numel() >= b * n * inner:
+                seen[ptr] = (t.shape[-1], t.dtype)
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = arwrap_cpp.AutoregressiveWrapper(net)(torch.randint(0, V, (b, n + 1)))
+        loss.backward()
+        return collections.Counter(seen.values())
+
+    return count(2) - count(1)
+
+
+@pytest.mark.parametrize("glu", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_block_keeps_only_its_pre_activation(glu, bf16):
+    # the composition of ATen ops keeps the pre-activation and the activation's output (and with
+    # GLU its halves' products); the block keeps the pre-activation alone, in the products' dtype
+    width = 256 if glu else 128
+    assert ff_saved(glu, bf16) == {(width, torch.bfloat16 if bf16 else torch.float32): 1}
+
+
+@pytest.mark.parametrize("dkw", [{}, {"ff_glu": True, "ff_swish": True}])
+def test_gradcheck_float64_through_the_model_operator(dkw):
+    torch.manual_seed(0)
+    net = arwrap_cpp.TransformerWrapper(num_tokens=11, max_seq_len=8, attn_layers=arwrap_cpp.Decoder(
+        dim=8, depth=1, heads=2, attn_dim_head=4, ff_mult=1, **dkw)).double()
+    x = torch.randint(0, 11, (2, 6))
+    names = net._param_names
+    weights = [w.detach().requires_grad_() for w in net.weights()]
+    picked = [i for i, n in enumerate(names) if ".ff." in n]
+    assert len(picked) == 4
+
+    def loss_of(*ws):
+        full = list(weights)
+        for i, w in zip(picked, ws):
+            full[i] = w
+        return torch.ops.arwrap.autoregressive_wrapper_loss(x, full, net.config, True, -100, 0, 0.0, None, True)[0]
+
+    assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
