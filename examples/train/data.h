@@ -22,17 +22,7 @@ struct Segment {
   const unsigned char* p = nullptr;
   int width = 1;
   int64_t count = 0;
-  int64_t at(int64_t i) const {
-    if (width == 1) return p[i];
-    if (width == 2) {
-      uint16_t v;
-      __builtin_memcpy(&v, p + 2 * i, 2);
-      return v;
-    }
-    uint32_t v;
-    __builtin_memcpy(&v, p + 4 * i, 4);
-    return v;
-  }
+  int64_t at(int64_t i) const { return token_at(p, width, i); }
 };
 
 struct Data {

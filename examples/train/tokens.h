@@ -14,6 +14,19 @@
 
 namespace train {
 
+// Token i of a run of `width`-byte ids (1: text bytes, 2: uint16, 4: uint32), read unaligned.
+inline int64_t token_at(const unsigned char* p, int width, int64_t i) {
+  if (width == 1) return p[i];
+  if (width == 2) {
+    uint16_t v;
+    __builtin_memcpy(&v, p + 2 * i, 2);
+    return v;
+  }
+  uint32_t v;
+  __builtin_memcpy(&v, p + 4 * i, 4);
+  return v;
+}
+
 // A read-only memory map of one file's tokens.
 struct TokenFile {
   std::string path;
@@ -26,16 +39,7 @@ struct TokenFile {
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
   ~TokenFile();
-  int64_t at(int64_t i) const {
-    if (width == 2) {
-      uint16_t v;
-      __builtin_memcpy(&v, tokens + 2 * i, 2);
-      return v;
-    }
-    uint32_t v;
-    __builtin_memcpy(&v, tokens + 4 * i, 4);
-    return v;
-  }
+  int64_t at(int64_t i) const { return token_at(tokens, width, i); }
   int64_t max_id() const;  // a pass over the map
 };
 
