@@ -3,9 +3,13 @@
 
 #include "small_batch_linear.h"
 
+#include "../ops/low_precision_mm.h"
+
 #include <arwrap/ops.h>
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 
@@ -66,8 +70,65 @@ Weights unpack_weights(const TransformerWrapperOptions& o, at::TensorList w) {
   return r;
 }
 
+at::ScalarType product_dtype(const at::Tensor& x) {
+  const at::DeviceType dev = x.device().type();
+  return at::autocast::is_autocast_enabled(dev) && at::isFloatingType(x.scalar_type())
+             ? at::autocast::get_autocast_dtype(dev)
+             : x.scalar_type();
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// at::linear in bf16/fp16 on the float32 route of ops/low_precision_mm.h (a CPU whose ATen
+// low-precision GEMM is slow): the operands cast to the product dtype as autocast casts them,
+// the three products in float32 on their exact values, each result rounded to the product
+// dtype as the low-precision GEMM would, the gradients cast back to the operands' dtypes. It
+// saves what at::linear under autocast saves: the input and the weight in the product dtype.
+class LowpLinear : public torch::autograd::Function<LowpLinear> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const std::optional<at::Tensor>& bias, int64_t dtype) {
+    const at::Tensor b = bias.value_or(at::Tensor());  // an undefined tensor is no autograd input: optional
+    const auto dt = static_cast<at::ScalarType>(dtype);
+    const at::Tensor xc = x.to(dt), wc = w.to(dt);
+    ctx->save_for_backward({xc, wc});
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    ctx->saved_data["b_dtype"] = b.defined() ? static_cast<int64_t>(b.scalar_type()) : int64_t{-1};
+    return ops::linear_lowp(xc, wc, b.defined() ? b.to(dt) : at::Tensor());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &xc = saved[0], &wc = saved[1];
+    const at::Tensor g = grads[0].to(xc.scalar_type()).reshape({-1, wc.size(0)});
+    at::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) {
+      const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+      dx = ops::mm_lowp(g, wc).view(xc.sizes()).to(x_dtype);
+    }
+    if (ctx->needs_input_grad(1)) {
+      const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+      dw = ops::mm_lowp(g.t(), xc.reshape({-1, wc.size(1)})).to(w_dtype);
+    }
+    const int64_t b_dtype = ctx->saved_data["b_dtype"].toInt();
+    if (b_dtype >= 0 && ctx->needs_input_grad(2)) db = g.sum(0).to(static_cast<at::ScalarType>(b_dtype));
+    return {dx, dw, db, at::Tensor()};
+  }
+};
+
+}  // namespace
+
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (!recorded_kernels && small_batch_linear_applies(x, weight, bias)) return small_batch_linear(x, weight, bias);
+  const at::ScalarType dt = product_dtype(x);
+  if (!recorded_kernels && (dt == at::kBFloat16 || dt == at::kHalf) && ops::lowp_gemm_upcasts(x.device().type(), dt)) {
+    return LowpLinear::apply(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
+                             static_cast<int64_t>(dt));
+  }
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 

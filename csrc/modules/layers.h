@@ -31,7 +31,12 @@ Weights unpack_weights(const TransformerWrapperOptions& options, at::TensorList 
 
 // x W^T + b: at::linear; on the CPU without autograd and for a few rows (decoding), the small-batch kernel
 // (small_batch_linear.h), which streams the weight at the memory's rate.
+// Where ATen's bf16/fp16 CPU GEMM is slow (ops/low_precision_mm.h), a low-precision product
+// (autocast's, or low-precision operands) runs on the float32 route, with its own backward.
 at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
+
+// The dtype a linear on x computes in: autocast's where it applies to x's device, else x's.
+at::ScalarType product_dtype(const at::Tensor& x);
 
 // LayerNorm (no affine, eps 1e-5) * gamma, or F.normalize(x) * sqrt(dim) * g; with
 // unit_offset the stored value is gamma - 1.

@@ -9,6 +9,8 @@
 // in it, the gradients of the weights and the input come back in theirs (float32).
 #include "layers.h"
 
+#include "../ops/low_precision_mm.h"
+
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -41,14 +43,11 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w_in, const at::Tensor& b_in,
                             const at::Tensor& w_out, const at::Tensor& b_out, bool glu, bool swish) {
-    // the products' dtype: autocast's where it applies to this device, else the input's
-    const at::DeviceType dev = h.device().type();
-    const at::ScalarType dt = at::autocast::is_autocast_enabled(dev) && at::isFloatingType(h.scalar_type())
-                                  ? at::autocast::get_autocast_dtype(dev)
-                                  : h.scalar_type();
+    const at::ScalarType dt = product_dtype(h);
     const at::Tensor hc = h.to(dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
-    const at::Tensor f = at::linear(hc, wi, bi);
-    const at::Tensor y = at::linear(activate(f, glu, swish), wo, bo);
+    // the products on the float32 route where ATen's low-precision CPU GEMM is slow (low_precision_mm.h)
+    const at::Tensor f = ops::linear_lowp(hc, wi, bi);
+    const at::Tensor y = ops::linear_lowp(activate(f, glu, swish), wo, bo);
     ctx->save_for_backward({hc, f, w_in, w_out});
     ctx->saved_data["glu"] = glu;
     ctx->saved_data["swish"] = swish;
@@ -64,15 +63,15 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = hc.size(-1);
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
     const at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});  // recomputed, not kept
-    const at::Tensor d_w_out = g.t().mm(a).to(w_out.scalar_type());
+    const at::Tensor d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
-    const at::Tensor da = g.mm(w_out.to(dt));
+    const at::Tensor da = ops::mm_lowp(g, w_out.to(dt));
     const at::Tensor df = activate_backward(da, f.reshape({-1, inner}), glu, swish);
     const at::Tensor h2 = hc.reshape({-1, D});
-    const at::Tensor d_w_in = df.t().mm(h2).to(w_in.scalar_type());
+    const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());
     const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
     const auto h_dtype = static_cast<at::ScalarType>(ctx->saved_data["h_dtype"].toInt());
-    const at::Tensor d_h = df.mm(w_in.to(dt)).view(hc.sizes()).to(h_dtype);
+    const at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(hc.sizes()).to(h_dtype);
     return {d_h, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor()};
   }
 };

@@ -128,7 +128,7 @@ NetOutputs transformer_forward(const TransformerWrapperOptions& o, at::TensorLis
   if (in.return_next_embed_pred) {
     TORCH_CHECK_VALUE(o.add_continuous_pred_head(),
                       "TransformerWrapper: return_next_embed_pred needs add_continuous_pred_head=True");
-    out.next_embed_pred = at::linear(at::silu(at::linear(x, W.next0)), W.next2);
+    out.next_embed_pred = layers::project(at::silu(layers::project(x, W.next0)), W.next2);
     out.init_embeds = init_embeds;
   }
   return out;

@@ -56,23 +56,50 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
   if (N > 0) {
     const int64_t R = linear_tile_rows(N, D, V, static_cast<int64_t>(h.element_size()), max_rows);
     at::Tensor tile = at::empty({R, V}, h.options());
+    // the float32 route of low_precision_mm.h: the weight (and bias) upcast once, each tile's
+    // products in float32 (ztile), the logits and their gradient rounded to h's dtype in
+    // between as the low-precision GEMM would; peak extra memory + weight and a tile in float32
+    const bool up = low && lowp_gemm_upcasts(h);
+    const at::Tensor w32 = up ? weight.to(at::kFloat) : at::Tensor();
+    const at::Tensor b32 = up && has_bias ? bias->to(at::kFloat) : at::Tensor();
+    at::Tensor ztile = up ? at::empty({R, V}, h.options().dtype(at::kFloat)) : at::Tensor();
     const at::Tensor wt = weight.t();
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t rr = std::min(R, N - r0);
       const at::Tensor ht = h.narrow(0, r0, rr);
+      const at::Tensor ht32 = up ? ht.to(at::kFloat) : at::Tensor();
       at::Tensor z = tile.narrow(0, 0, rr);
-      if (has_bias) {
+      at::Tensor z32 = up ? ztile.narrow(0, 0, rr) : at::Tensor();
+      if (up) {
+        if (has_bias) {
+          at::addmm_out(z32, b32, ht32, w32.t());
+        } else {
+          at::mm_out(z32, ht32, w32.t());
+        }
+        z.copy_(z32);
+      } else if (has_bias) {
         at::addmm_out(z, *bias, ht, wt);
       } else {
         at::mm_out(z, ht, wt);
       }
       rows(z, r0, rr);
       if (!any) continue;
+      if (up) z32.copy_(z);  // the gradient over the logits, exact in float32
       if (g.hidden.defined()) {
         at::Tensor gh = g.hidden.narrow(0, r0, rr);
-        at::mm_out(gh, z, weight);
+        if (up) {
+          gh.copy_(at::mm(z32, w32));
+        } else {
+          at::mm_out(gh, z, weight);
+        }
       }
-      if (dw.defined()) addmm_acc_(dw, z.t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
+      if (dw.defined()) {
+        if (up) {
+          dw.addmm_(z32.t(), ht32);
+        } else {
+          addmm_acc_(dw, z.t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
+        }
+      }
       if (db.defined()) db.add_(z.sum(0, false, acc));
     }
   }

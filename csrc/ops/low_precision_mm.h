@@ -7,11 +7,23 @@
 // versions reject a float32 `self` in addmm), the fallback upcasts the operands
 // (the exact float32 product, as before). Which path a device type takes is learnt
 // on its first call (the checks throw before anything is written) and remembered.
+//
+// ATen's CPU GEMM in bfloat16/float16 is fast only where oneDNN has a kernel for the dtype
+// (x86: AVX-512 with BW/VL/DQ for bf16, AVX512-FP16 for fp16). Elsewhere (an AVX2-only CPU)
+// torch 2.13 runs it at 0.5-19 GFLOP/s, against 85-125 for float32 sgemm on the same 2 cores
+// (bench/bench_low_precision_mm.py --gemm). There mm_lowp / linear_lowp compute the product
+// of two low-precision matrices as the float32 product of their exact float32 values, then
+// round it to the low-precision dtype: what a bf16 GEMM with float32 accumulation returns, up
+// to the order of the sums (bf16 x bf16 products are exact in float32).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -29,6 +41,30 @@ inline std::atomic<int>& low_precision_mm_state(LowPrecisionMmOp op, c10::Device
 
 inline bool is_low_precision(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+// Whether a GEMM on t's dtype and device takes the float32 route above: t is a CPU bf16/fp16
+// tensor and this CPU has no fast ATen GEMM for that dtype. ARWRAP_LOWP_GEMM=fp32 forces the
+// route, =aten turns it off (the tests run both); decided once per process (cpu/low_precision_gemm.cpp).
+bool lowp_gemm_upcasts(c10::DeviceType device, at::ScalarType dtype);
+inline bool lowp_gemm_upcasts(const at::Tensor& t) { return lowp_gemm_upcasts(t.device().type(), t.scalar_type()); }
+
+// a @ b in a's dtype (a, b of one dtype), on the float32 route where lowp_gemm_upcasts
+// (autocast kept out: the float32 product must not be lowered again).
+inline at::Tensor mm_lowp(const at::Tensor& a, const at::Tensor& b) {
+  if (!lowp_gemm_upcasts(a)) return at::mm(a, b);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  return at::mm(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
+}
+
+// at::linear(x, w, b) in x's dtype (x, w, b of one dtype; call it with the operands already
+// in the product dtype), on the float32 route where lowp_gemm_upcasts.
+inline at::Tensor linear_lowp(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  if (!lowp_gemm_upcasts(x)) return at::linear(x, w, b.defined() ? std::optional<at::Tensor>(b) : std::nullopt);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto f = at::kFloat;
+  return at::linear(x.to(f), w.to(f), b.defined() ? std::optional<at::Tensor>(b.to(f)) : std::nullopt)
+      .to(x.scalar_type());
 }
 
 // out (float32) += a @ b, for a, b of one low-precision dtype (or out's dtype: plain addmm_).
