@@ -2,8 +2,13 @@
 
     python bench/bench_linear_cross_entropy.py          # (N, D, V) of the issue, float32 and bfloat16
     python bench/bench_linear_cross_entropy.py --shapes 2048x512x32000 --dtypes bf16 --repeats 2
+    python bench/bench_linear_cross_entropy.py --contenders arwrap,arwrap_unfused --out bench/results/fused_head \
+        --shapes 4096x256x256,4096x256x1024,4096x256x4096,4096x256x32000 --repeats 5   # fused or not, T's head
 
-Contenders: arwrap_cpp.linear_cross_entropy; eager F.cross_entropy(h @ W.T);
+Contenders: arwrap_cpp.linear_cross_entropy; arwrap_unfused, the logits and then
+arwrap_cpp.cross_entropy with its in-place backward (the native net's head if it did not fuse;
+in bf16 on a CPU without AVX-512 its products on the float32 route the native net takes there,
+csrc/ops/low_precision_mm.h); eager F.cross_entropy(h @ W.T);
 PyTorch's chunked F.linear_cross_entropy(options=LinearCrossEntropyOptions());
 Apple's Cut Cross-Entropy with impl="torch_compile" (its CPU path; needs the
 `bench` extra: cut-cross-entropy and triton). Each in its own process; time is the
@@ -25,7 +30,7 @@ from pathlib import Path
 from _measure import bench_parser
 
 HERE = Path(__file__).resolve().parent
-CONTENDERS = ["floor", "arwrap", "eager", "torch_chunked", "cce_torch_compile"]
+CONTENDERS = ["floor", "arwrap", "arwrap_unfused", "eager", "torch_chunked", "cce_torch_compile"]
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -52,6 +57,14 @@ def child(args):
         import arwrap_cpp
 
         fn = lambda: arwrap_cpp.linear_cross_entropy(h, W, t)
+    elif name == "arwrap_unfused":
+        import arwrap_cpp
+
+        if dtype != torch.float32 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT"):
+            # the native net's linear there: the float32 route of csrc/ops/low_precision_mm.h
+            fn = lambda: arwrap_cpp.cross_entropy((h.float() @ W.float().T).to(dtype), t, inplace_backward=True)
+        else:
+            fn = lambda: arwrap_cpp.cross_entropy(h @ W.T, t, inplace_backward=True)
     elif name == "eager":
         fn = lambda: F.cross_entropy(h @ W.T, t)
     elif name == "torch_chunked":
