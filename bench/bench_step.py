@@ -24,6 +24,8 @@ with the floor of each configuration and precision:
     python bench/bench_step.py --configs tiny --repeats 1       # a smoke test of this script
     python bench/bench_step.py --configs B --profile native_bf16   # where the time goes
     python bench/bench_step.py --configs '' --trainer build/train/arwrap-train --trainer-steps 20
+    python bench/bench_step.py --configs '' --trainer build/train/arwrap-train --trainer-vocabs 256,4096,32000 \
+        --trainer-precisions fp32 --merge       # the trainer at BPE vocabularies (token shards), kept beside the rest
 
 Time: one process per configuration runs every contender round-robin (--repeats rounds
 after two warm-up steps each), medians; the floors are two more "contenders" there.
@@ -40,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from configs import CONFIGS as MODEL_CONFIGS, DIM_HEAD, HEADS, TINY, TRAINER, TRAINER_HEADS
+from configs import CONFIGS as MODEL_CONFIGS, DIM_HEAD, HEADS, TINY, TRAINER, TRAINER_HEADS, TRAINER_VOCABS
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
@@ -49,6 +51,8 @@ CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "x
 CONFIGS = {
     **{name: (*c, HEADS, False) for name, c in MODEL_CONFIGS.items()},
     "T": (*TRAINER, TRAINER_HEADS, True),  # arwrap-train's default model and batch
+    # the same at a BPE vocabulary (token shards, --num-tokens)
+    **{f"T{v}": (v, *TRAINER[1:], TRAINER_HEADS, True) for v in TRAINER_VOCABS},
     "tiny": (*TINY, 2, False),  # a smoke test of this script
 }
 
@@ -116,6 +120,15 @@ def step_products(V, dim, depth, b, n, heads):
             for k, s, c in out]
 
 
+def bf16_floor_dtype():
+    """The dtype of the bf16 floor's products: bf16, except on a CPU without AVX-512, where ATen's
+    bf16 GEMM has no oneDNN kernel and runs at 0.5-19 GFLOP/s against 85-125 for float32 sgemm
+    (csrc/ops/low_precision_mm.h): the fastest way to a bf16 product there is the float32 one."""
+    import torch
+
+    return torch.float32 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT") else torch.bfloat16
+
+
 def floor_step(products, dtype):
     """A step of the products alone: torch.mm / torch.bmm at each of the step's shapes in
     `dtype`, each run 2 x count times (counts are multiples of 0.5), so the floor is half
@@ -174,7 +187,7 @@ def child(args):
     steps = {name: step_of(name, *build(name, V, dim, depth, n1, heads, rotary), x) for name in names}
     prods = step_products(V, dim, depth, b, n1 - 1, heads)
     flops = {}
-    for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for prec, dt in (("fp32", torch.float32), ("bf16", bf16_floor_dtype())):
         steps[f"floor_{prec}"], flops[prec] = floor_step(prods, dt)
     out = round_robin(steps, args.repeats)
     for prec, f in flops.items():
@@ -189,9 +202,10 @@ def child(args):
 TRAINER_MODEL = dict(seq_len=256, dim=256, depth=4, heads=4, dim_head=64, batch=16)
 
 
-def python_loop(steps, precision, compiled, threads, data):
-    """x-transformers' flash net with arwrap-train's loop: random windows, Adam lr 2e-3
-    (warmup 50), clip_grad_norm 0.5; tokens/s over the steps after the first."""
+def python_loop(steps, precision, compiled, threads, data, vocab=256):
+    """x-transformers' flash net with arwrap-train's loop: random windows of ``data`` (the ids,
+    bytes or int64), Adam lr 2e-3 (warmup 50), clip_grad_norm 0.5; tokens/s over the steps
+    after the first."""
     import torch
     from x_transformers import AutoregressiveWrapper as XAR
     from x_transformers import Decoder, TransformerWrapper
@@ -199,13 +213,13 @@ def python_loop(steps, precision, compiled, threads, data):
     torch.set_num_threads(threads)
     m = TRAINER_MODEL
     torch.manual_seed(0)
-    net = TransformerWrapper(num_tokens=256, max_seq_len=m["seq_len"], use_abs_pos_emb=False,
+    net = TransformerWrapper(num_tokens=vocab, max_seq_len=m["seq_len"], use_abs_pos_emb=False,
                              attn_layers=Decoder(dim=m["dim"], depth=m["depth"], heads=m["heads"],
                                                  attn_dim_head=m["dim_head"], rotary_pos_emb=True, attn_flash=True))
     model = XAR(net)
     fwd = torch.compile(model) if compiled else model
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    buf = torch.tensor(list(data), dtype=torch.long)
+    buf = data if isinstance(data, torch.Tensor) else torch.tensor(list(data), dtype=torch.long)
     g = torch.Generator().manual_seed(0)
     t_start = None
     for s in range(steps + 1):
@@ -239,7 +253,29 @@ def trainer_data():
     return b"".join(out)
 
 
-def run_trainer(trainer, precision, steps, threads, tmp):
+def token_data(vocab, tokens=4_000_000):
+    """A BPE-sized vocabulary's stand-in corpus: ``tokens`` uniform ids below ``vocab`` (seed 0).
+    Throughput does not depend on which ids a window holds, only on the vocabulary's size, so
+    no tokenizer is trained for the bench (docs/training.md times a real BPE run)."""
+    import torch
+
+    return torch.randint(0, vocab, (tokens,), generator=torch.Generator().manual_seed(0))
+
+
+def write_token_dir(ids, tmp, vocab):
+    """``ids`` as the llm.c shards arwrap-train reads: a train shard and a small validation one."""
+    sys.path.insert(0, str(HERE.parent / "python"))
+    from arwrap_cpp.data import write_shard
+
+    d = Path(tmp) / f"tokens-{vocab}"
+    if not d.exists():
+        n_val = len(ids) // 10
+        write_shard(d / "bench_train_000000.bin", ids[n_val:].numpy())
+        write_shard(d / "bench_val_000000.bin", ids[:n_val].numpy())
+    return d
+
+
+def run_trainer(trainer, precision, steps, threads, tmp, vocab=256, data_dir=None):
     """arwrap-train's tokens/s after its first step, as the Python loop's: from its metrics file
     (--log-every 1), the training tokens of steps 2..N over the wall time from step 1's line to
     step N's (its own 'done' line counts the first step too)."""
@@ -251,7 +287,8 @@ def run_trainer(trainer, precision, steps, threads, tmp):
                         "--heads", str(m["heads"]), "--dim-head", str(m["dim_head"]), "--batch", str(m["batch"]),
                         "--val-every", "0", "--sample-every", "0", "--save-every", "0", "--max-bytes", "4000000",
                         "--log-every", "1", "--metrics", str(metrics),
-                        "--checkpoint", str(Path(tmp) / f"bench-{precision}.pt")],
+                        "--checkpoint", str(Path(tmp) / f"bench-{precision}.pt"),
+                        *(["--data", str(data_dir), "--num-tokens", str(vocab)] if data_dir else [])],
                        capture_output=True, text=True)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -267,20 +304,29 @@ def trainer_child(args):
     """Python loops in this process, round-robin with the C++ trainer's runs."""
     import tempfile
 
-    data = trainer_data()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for prec in ("fp32", "bf16"):
-            runs = {f"arwrap-train {prec}": lambda: run_trainer(args.trainer, prec, args.trainer_steps,
-                                                                args.threads, tmp),
-                    f"python xt_flash {prec}": lambda: {"tokens_per_s": python_loop(args.trainer_steps, prec, False,
-                                                                                   args.threads, data)},
-                    f"python xt_flash compiled {prec}": lambda: {
-                        "tokens_per_s": python_loop(args.trainer_steps, prec, True, args.threads, data)}}
-            for name, fn in runs.items():
-                print(f"  trainer: {name} ...", file=sys.stderr, flush=True)
-                out[name] = fn()
+        for vocab in (int(v) for v in args.trainer_vocabs.split(",")):
+            # the byte model reads the text corpus (the trainer's default), a larger vocabulary token shards
+            data = trainer_data() if vocab == 256 else token_data(vocab)
+            data_dir = None if vocab == 256 else write_token_dir(data, tmp, vocab)
+            for prec in args.trainer_precisions.split(","):
+                runs = {"arwrap-train": lambda: run_trainer(args.trainer, prec, args.trainer_steps, args.threads,
+                                                            tmp, vocab, data_dir),
+                        "python xt_flash": lambda: {"tokens_per_s": python_loop(
+                            args.trainer_steps, prec, False, args.threads, data, vocab)},
+                        "python xt_flash compiled": lambda: {"tokens_per_s": python_loop(
+                            args.trainer_steps, prec, True, args.threads, data, vocab)}}
+                for run, fn in runs.items():
+                    name = trainer_run_name(run, prec, vocab)
+                    print(f"  trainer: {name} ...", file=sys.stderr, flush=True)
+                    out[name] = {**fn(), "vocab": vocab, "precision": prec}
     print(json.dumps(out))
+
+
+def trainer_run_name(run, precision, vocab):
+    """A trainer row's key: 'arwrap-train fp32' for the byte model, '... fp32 V=4096' for a larger vocabulary."""
+    return f"{run} {precision}" + ("" if vocab == 256 else f" V={vocab}")
 
 
 # ------------------------------------------------------------------ tables
@@ -317,7 +363,8 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
              f"CPU ISA: {isa}. {load_line(configs, results, trainer)}", "",
              *[f"    {c}" for c in commands], *([""] if commands else []),
              "Training step (loss = wrapper(x); loss.backward()), dim_head 64. step / floor: the step's time over "
-             "its precision's floor; vs best xt: the fastest x-transformers contender of the same precision over "
+             f"its precision's floor (the bf16 floor's products in {str(bf16_floor_dtype()).split('.')[-1]}: "
+             "float32 where the CPU has no fast bf16 GEMM, bf16_floor_dtype); vs best xt: the fastest x-transformers contender of the same precision over "
              "this one (>1: we are faster); memory vs leanest xt: peak extra memory over the leanest "
              "x-transformers contender's of the same precision.", "",
              "| config | contender | precision | step ms | step / floor | vs best xt | peak extra MB | "
@@ -357,8 +404,8 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
             if "error" in r:
                 lines.append(f"| {name} | error: {r['error'][:80]} | |")
                 continue
-            prec = name.split()[-1]
-            ours = trainer.get(f"arwrap-train {prec}", {}).get("tokens_per_s", float("nan"))
+            prec, vocab = r.get("precision", name.split()[-1]), r.get("vocab", 256)
+            ours = trainer.get(trainer_run_name("arwrap-train", prec, vocab), {}).get("tokens_per_s", float("nan"))
             lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {ours / r['tokens_per_s']:.2f}x |")
     return lines
 
@@ -373,6 +420,10 @@ def main():
     ap.add_argument("--profile", metavar="CONTENDER", help="print torch.profiler's table of one step and exit")
     ap.add_argument("--trainer", help="a built arwrap-train: compare its tokens/s with the loop in Python")
     ap.add_argument("--trainer-steps", type=int, default=30)
+    ap.add_argument("--trainer-precisions", default="fp32,bf16", help="the trainer rows' precisions")
+    ap.add_argument("--trainer-vocabs", default="256",
+                    help="comma-separated vocabularies of the trainer rows: 256 is the byte model on the text "
+                         "corpus, a larger one the same model on token shards (e.g. 256,4096,32000)")
     ap.add_argument("--out", default=str(HERE / "results" / "step"))
     ap.add_argument("--merge", action="store_true",
                     help="keep the results already in OUT.json for the (configuration, contender) pairs not "
@@ -435,12 +486,16 @@ def main():
         save()  # after every configuration: a long run that stops keeps what it measured
     if args.trainer:
         watch = CpuWatch()
-        trainer = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
-                                          "--threads", args.threads], measures=("trainer",))
+        new = run_isolated(__file__, ["--trainer", args.trainer, "--trainer-steps", args.trainer_steps,
+                                      "--trainer-vocabs", args.trainer_vocabs,
+                                      "--trainer-precisions", args.trainer_precisions, "--threads", args.threads],
+                           measures=("trainer",))
         share = watch.others_share()
-        for r in trainer.values():
+        for r in new.values():
             if isinstance(r, dict):
                 r["others_cpu_share"] = share
+        # with --merge the rows of other vocabularies stay (an error replaces nothing it did not measure)
+        trainer = {**(trainer or {}), **new} if args.merge and "error" not in new else new
     save()
 
 

@@ -13,5 +13,8 @@ DIM_HEAD = 64
 # "T": arwrap-train's default model and batch (examples/train/flags.cpp), 4 heads, rotary
 TRAINER = (256, 256, 4, 16, 257)
 TRAINER_HEADS = 4
+# the trainer's model at a BPE vocabulary (arwrap-train --num-tokens on token shards): the step
+# bench's T4096 / T32000 and bench_step --trainer-vocabs
+TRAINER_VOCABS = (4096, 32000)
 # a smoke-test size for a benchmark's own test (not a results row)
 TINY = (64, 64, 2, 2, 65)
