@@ -264,7 +264,6 @@ def token_data(vocab, tokens=4_000_000):
 
 def write_token_dir(ids, tmp, vocab):
     """``ids`` as the llm.c shards arwrap-train reads: a train shard and a small validation one."""
-    sys.path.insert(0, str(HERE.parent / "python"))
     from arwrap_cpp.data import write_shard
 
     d = Path(tmp) / f"tokens-{vocab}"
@@ -395,7 +394,9 @@ def tables(configs, results, threads, repeats, trainer, commands=()):
                 mem_ratio = f"{mem / lean:.2f}" if lean > 0 and math.isfinite(mem) else "n/a"
                 lines.append(f"| {label} | {c} | {prec} | {r['time_s'] * 1e3:.0f} | {ratio:.2f} | "
                              f"{best / r['time_s']:.2f}x | {mem / 2**20:.0f} | {mem_ratio} | {r['loss']:.4f} |")
-    if trainer:
+    if trainer and "error" in trainer:
+        lines += ["", f"arwrap-train against the same loop in Python: error: {trainer['error'][:200]}"]
+    elif trainer:
         lines += ["", f"arwrap-train against the same model and loop in Python ({TRAINER_MODEL}, Adam, "
                       "clip_grad_norm 0.5; x-transformers attn_flash=True; autocast for bf16), tokens/s after the "
                       "first step:", "",
