@@ -60,7 +60,7 @@ def child(args):
     elif name == "arwrap_unfused":
         import arwrap_cpp
 
-        if dtype != torch.float32 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT"):
+        if dtype != torch.float32 and arwrap_cpp.lowp_gemm_upcasts(dtype):
             # the native net's linear there: the float32 route of csrc/ops/low_precision_mm.h
             fn = lambda: arwrap_cpp.cross_entropy((h.float() @ W.float().T).to(dtype), t, inplace_backward=True)
         else:

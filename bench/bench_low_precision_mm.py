@@ -6,6 +6,11 @@ process (median of the rounds):
               result; CUDA in recent torch; torch 2.13's CPU has no kernel for it)
   bf16        dW += Z^T @ H, the product rounded to bf16 (what a plain bf16 GEMM gives)
     python bench/bench_low_precision_mm.py [--device cuda] [--V 32000 --R 256 --D 512]
+
+--gemm: ATen's plain GEMM (M, K) @ (K, N) in bf16 and in float32 for the four operand
+layouts (A or A^T, B or B^T), GFLOP/s, and whether arwrap_cpp sends bf16 products on this CPU
+down the float32 route (csrc/ops/low_precision_mm.h says why):
+    python bench/bench_low_precision_mm.py --gemm [--M 2048 --K 256 --N 2048]
 """
 import argparse
 import statistics
@@ -21,7 +26,13 @@ def main():
     ap.add_argument("--R", type=int, default=256)
     ap.add_argument("--D", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--gemm", action="store_true", help="ATen's bf16 GEMM against float32, four layouts")
+    ap.add_argument("--M", type=int, default=2048)
+    ap.add_argument("--K", type=int, default=256)
+    ap.add_argument("--N", type=int, default=2048)
     a = ap.parse_args()
+    if a.gemm:
+        return gemm(a)
     dev = torch.device(a.device)
     z = (torch.randn(a.R, a.V, device=dev) / 100).bfloat16()
     h = torch.randn(a.R, a.D, device=dev).bfloat16()
@@ -58,6 +69,27 @@ def main():
     for n, ts in times.items():
         m = statistics.median(ts)
         print(f"  {n:10s} {m * 1e3:9.2f} ms   upcast/this = {base / m:.2f}")
+
+
+def gemm(a):
+    import arwrap_cpp
+
+    M, K, N = a.M, a.K, a.N
+    print(f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, ({M}x{K}) @ ({K}x{N}), median of {a.rounds}; "
+          f"arwrap_cpp.lowp_gemm_upcasts(bf16) = {arwrap_cpp.lowp_gemm_upcasts(torch.bfloat16)}")
+    for dt in (torch.bfloat16, torch.float32):
+        A, At = torch.randn(M, K, dtype=dt), torch.randn(K, M, dtype=dt).t()
+        B, Bt = torch.randn(K, N, dtype=dt), torch.randn(N, K, dtype=dt).t()
+        for name, x, y in (("A @ B", A, B), ("A^T @ B", At, B), ("A @ B^T", A, Bt), ("A^T @ B^T", At, Bt)):
+            x @ y  # warm-up
+            ts = []
+            for _ in range(a.rounds):
+                t = time.perf_counter()
+                x @ y
+                ts.append(time.perf_counter() - t)
+            m = statistics.median(ts)
+            print(f"  {str(dt).split('.')[-1]:9s} {name:10s} {m * 1e3:9.1f} ms  {2 * M * K * N / m / 1e9:7.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

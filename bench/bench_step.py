@@ -121,12 +121,15 @@ def step_products(V, dim, depth, b, n, heads):
 
 
 def bf16_floor_dtype():
-    """The dtype of the bf16 floor's products: bf16, except on a CPU without AVX-512, where ATen's
-    bf16 GEMM has no oneDNN kernel and runs at 0.5-19 GFLOP/s against 85-125 for float32 sgemm
-    (csrc/ops/low_precision_mm.h): the fastest way to a bf16 product there is the float32 one."""
+    """The dtype of the bf16 floor's products: bf16, except where the native net takes the float32
+    route for them (arwrap_cpp.lowp_gemm_upcasts: a CPU without AVX-512, whose ATen bf16 GEMM has
+    no oneDNN kernel and runs at 0.6-12 GFLOP/s against 105-128 for float32 sgemm,
+    csrc/ops/low_precision_mm.h): the fastest way to a bf16 product there is the float32 one."""
     import torch
 
-    return torch.float32 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT") else torch.bfloat16
+    import arwrap_cpp
+
+    return torch.float32 if arwrap_cpp.lowp_gemm_upcasts(torch.bfloat16) else torch.bfloat16
 
 
 def floor_step(products, dtype):

@@ -10,8 +10,8 @@
 //
 // ATen's CPU GEMM in bfloat16/float16 is fast only where oneDNN has a kernel for the dtype
 // (x86: AVX-512 with BW/VL/DQ for bf16, AVX512-FP16 for fp16). Elsewhere (an AVX2-only CPU)
-// torch 2.13 runs it at 0.5-19 GFLOP/s, against 85-125 for float32 sgemm on the same 2 cores
-// (bench/bench_low_precision_mm.py --gemm). There mm_lowp / linear_lowp compute the product
+// torch 2.13 runs it at 0.6-12 GFLOP/s, against 105-128 for float32 sgemm on the same 2 cores
+// ((2048x256) @ (256x2048) by operand layout: bench/bench_low_precision_mm.py --gemm). There mm_lowp / linear_lowp compute the product
 // of two low-precision matrices as the float32 product of their exact float32 values, then
 // round it to the low-precision dtype: what a bf16 GEMM with float32 accumulation returns, up
 // to the order of the sums (bf16 x bf16 products are exact in float32).

@@ -7,6 +7,7 @@
 #include <arwrap/corpus.h>
 
 #include "../modules/small_batch_linear.h"
+#include "../ops/low_precision_mm.h"
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/extension.h>
@@ -99,6 +100,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "arwrap_cpp native core (libarwrap)";
   m.attr("__version__") = ARWRAP_VERSION;
   m.def("built_with_cuda", &arwrap::built_with_cuda, "True when libarwrap has its CUDA kernels");
+  m.def("lowp_gemm_upcasts", [](at::ScalarType dtype) {
+    return arwrap::ops::lowp_gemm_upcasts(c10::DeviceType::CPU, dtype);
+  }, "True when CPU GEMMs in dtype take the float32 route (csrc/ops/low_precision_mm.h)");
   m.def("distributed_available", &arwrap::distributed::available,
         "True when libarwrap has arwrap::distributed on c10d/Gloo (arwrap-train data parallelism)");
 

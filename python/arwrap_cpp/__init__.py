@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-import torch  # noqa: F401  (libtorch must be loaded before our library)
+import torch  # libtorch must be loaded before our library
 
 from . import _C
 from .ops import attention, attention_lse, cross_entropy, linear_cross_entropy, shift_tokens
@@ -33,6 +33,13 @@ def built_with_cuda() -> bool:
     return bool(_C.built_with_cuda())
 
 
+def lowp_gemm_upcasts(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """True when the native net computes CPU products in ``dtype`` (bf16/fp16) on the float32
+    route: this CPU has no fast ATen GEMM for it (no AVX-512 on x86), or ARWRAP_LOWP_GEMM=fp32
+    says so (docs/mixed_precision.md)."""
+    return bool(_C.lowp_gemm_upcasts(dtype))
+
+
 def distributed_available() -> bool:
     """True when libarwrap was built with c10d/Gloo: arwrap-train and C++ programs run data-parallel
     under torchrun (needs gloo's headers at build time: apt-get install libgloo-dev)."""
@@ -54,5 +61,6 @@ __all__ = [
     "cmake_prefix_path",
     "library_path",
     "built_with_cuda",
+    "lowp_gemm_upcasts",
     "distributed_available",
 ]

@@ -33,6 +33,8 @@ if kind == "step":
     out["loss"] = loss.item()
     out["grads"] = {n: p.grad.double().flatten().tolist() for n, p in net.named_parameters() if p.grad is not None}
     out["grad_dtypes"] = sorted({str(p.grad.dtype) for p in net.parameters() if p.grad is not None})
+elif kind == "route":
+    out = {str(dt): arwrap_cpp.lowp_gemm_upcasts(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)}
 elif kind == "lce":
     g = torch.Generator().manual_seed(2)
     h = torch.randn(37, 24, generator=g).bfloat16().requires_grad_()
@@ -96,3 +98,9 @@ def test_a_bad_route_is_refused_with_the_variable_named():
 def test_auto_takes_the_float32_route_without_avx512():
     # bitwise: the same process-level choice, so the same kernels in the same order
     assert run("lce", route="auto") == run("lce", route="fp32")
+    assert run("route", route="auto")["torch.bfloat16"] is True
+
+
+def test_the_route_is_reported_as_forced():
+    assert run("route", route="fp32") == {"torch.bfloat16": True, "torch.float16": True, "torch.float32": False}
+    assert run("route", route="aten") == {"torch.bfloat16": False, "torch.float16": False, "torch.float32": False}
