@@ -12,6 +12,9 @@ with the floor of each configuration and precision:
     native_bf16         the same under torch.autocast("cpu", bf16)           bfloat16
     native_ckpt_fp32    the native net with Decoder(checkpoint_layers=True)   float32
     native_ckpt_bf16    the same under torch.autocast("cpu", bf16)           bfloat16
+    native_composed_fp32  the native net without its lean blocks (ARWRAP_LEAN_LAYERS=0: the
+                        plain ATen composition, which keeps the norms' outputs)  float32
+    native_composed_bf16  the same under torch.autocast("cpu", bf16)         bfloat16
 * floor (per configuration and precision): the step's matrix products (projections,
   attention products with the causal half skipped, feed-forward, head; forward and the
   two backward products of each), run alone as torch.mm / torch.bmm at their shapes and
@@ -46,7 +49,8 @@ from configs import CONFIGS as MODEL_CONFIGS, DIM_HEAD, HEADS, TINY, TRAINER, TR
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("xt_default", "xt_flash", "xt_flash_compiled", "xt_flash_bf16", "xt_flash_compiled_bf16",
-              "arwrap_xt_net", "native_fp32", "native_bf16", "native_ckpt_fp32", "native_ckpt_bf16")
+              "arwrap_xt_net", "native_fp32", "native_bf16", "native_ckpt_fp32", "native_ckpt_bf16",
+              "native_composed_fp32", "native_composed_bf16")
 # name: (num_tokens, dim, depth, batch, seq_len + 1, heads, rotary); dim_head 64
 CONFIGS = {
     **{name: (*c, HEADS, False) for name, c in MODEL_CONFIGS.items()},
@@ -89,10 +93,22 @@ def build(name, V, dim, depth, max_seq_len, heads, rotary):
 
 
 def step_of(name, wrapper, net, x):
+    import os
+
     import torch
     from _measure import training_step
 
-    return training_step(wrapper, net, x, torch.bfloat16 if is_bf16(name) else None)
+    step = training_step(wrapper, net, x, torch.bfloat16 if is_bf16(name) else None)
+    if "_composed_" not in name:
+        return step
+
+    def composed():  # the layers read the switch at each call (csrc/modules/layers.h, records)
+        os.environ["ARWRAP_LEAN_LAYERS"] = "0"
+        try:
+            return step()
+        finally:
+            del os.environ["ARWRAP_LEAN_LAYERS"]
+    return composed
 
 
 # ------------------------------------------------------------------ floor

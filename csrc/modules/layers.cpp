@@ -12,6 +12,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace arwrap::layers {
 
@@ -164,11 +166,32 @@ at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
   return at::cat({out, t.narrow(-1, rot, t.size(-1) - rot)}, -1);
 }
 
-at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
+bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
+  if (!at::GradMode::is_enabled()) return false;
+  // ARWRAP_LEAN_LAYERS=0: the plain ATen composition everywhere (bench/bench_step.py's
+  // native_composed contender measures what the lean blocks cost); read at each call
+  if (const char* lean = std::getenv("ARWRAP_LEAN_LAYERS"); lean && std::string(lean) == "0") return false;
+  bool any = x.requires_grad();
+  for (const at::Tensor& w : weights) any = any || (w.defined() && w.requires_grad());
+  return any;
+}
+
+at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse) {
-  const int64_t b = h.size(0), m = h.size(1), H = d.heads(), dh = d.attn_dim_head();
-  auto heads = [&](const at::Tensor& weight) { return project(h, weight).view({b, m, H, dh}).transpose(1, 2); };
-  at::Tensor q = heads(w.q), k = heads(w.k), v = heads(w.v);
+  const int64_t b = x.size(0), m = x.size(1), H = d.heads(), dh = d.attn_dim_head();
+  const bool lean = records(x, {w.attn_norm, w.q, w.k, w.v, w.out});
+  auto heads = [&](const at::Tensor& t) { return t.view({b, m, H, dh}).transpose(1, 2); };
+  at::Tensor q, k, v;
+  if (lean) {
+    const auto p = normed_projections(x, w.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset(), {w.q, w.k, w.v});
+    q = heads(p[0]), k = heads(p[1]), v = heads(p[2]);
+  } else {
+    const at::Tensor h = norm(x, w.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
+    q = heads(project(h, w.q)), k = heads(project(h, w.k)), v = heads(project(h, w.v));
+  }
+  auto out_projection = [&](const at::Tensor& a) {
+    return lean ? heads_projection(a, w.out) : project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+  };
   if (d.attn_qk_norm()) {
     q = q / at::linalg_vector_norm(q, 2, {-1}, true).clamp_min(1e-12);
     k = k / at::linalg_vector_norm(k, 2, {-1}, true).clamp_min(1e-12);
@@ -188,7 +211,7 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     mk = k.size(2);
   }
   at::Tensor a;
-  if (h.device().is_cpu() && ctx.dropout == 0.0) {
+  if (x.device().is_cpu() && ctx.dropout == 0.0) {
     // every path of the net is causal: row i sees keys j <= i + (mk - m), the key mask and the
     // left padding through visible_keys
     const auto options = AttentionOptions()
@@ -201,7 +224,7 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     } else {
       a = arwrap::attention(q, k, v, options);
     }
-    return project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+    return out_projection(a);
   }
   if (ctx.pad_bias.defined()) {
     a = at::scaled_dot_product_attention(q, k, v, ctx.pad_bias, ctx.dropout, false, ctx.scale);
@@ -210,7 +233,7 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
   } else if (m == 1) {  // one new position sees the whole cache
     a = at::scaled_dot_product_attention(q, k, v, std::nullopt, ctx.dropout, false, ctx.scale);
   } else {  // new rows i see keys j <= i + (mk - m)
-    const at::Tensor allowed = at::ones({m, mk}, h.options().dtype(at::kBool)).tril(mk - m);
+    const at::Tensor allowed = at::ones({m, mk}, x.options().dtype(at::kBool)).tril(mk - m);
     a = at::scaled_dot_product_attention(q, k, v, allowed, ctx.dropout, false, ctx.scale);
   }
   if (lse) {
@@ -218,16 +241,14 @@ at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOp
     if (ctx.key_mask.defined()) km = ctx.key_mask;
     *lse = arwrap::attention_lse(q, k, AttentionLseOptions().key_mask(km).scale(ctx.scale).causal(true));
   }
-  return project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
+  return out_projection(a);
 }
 
-at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training) {
+at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d, bool training) {
   const bool dropout = training && d.ff_dropout() > 0;
-  if (!dropout && at::GradMode::is_enabled() &&
-      (h.requires_grad() || w.ff_in_w.requires_grad() || w.ff_in_b.requires_grad() || w.ff_out_w.requires_grad() ||
-       w.ff_out_b.requires_grad()))
-    return lean_feed_forward(h, w, d);
-  at::Tensor f = project(h, w.ff_in_w, w.ff_in_b);
+  if (!dropout && records(y, {w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b}))
+    return lean_feed_forward(y, w, d);
+  at::Tensor f = project(norm(y, w.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset()), w.ff_in_w, w.ff_in_b);
   if (d.ff_glu()) {
     auto parts = f.chunk(2, -1);
     f = parts[0] * (d.ff_swish() ? at::silu(parts[1]) : at::gelu(parts[1]));
@@ -241,10 +262,8 @@ at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const Decode
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
                          const AttentionContext& ctx, bool training, at::Tensor* k_cache, at::Tensor* v_cache,
                          at::Tensor* lse) {
-  const at::Tensor h = norm(x, w.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
-  const at::Tensor y = x + attention(h, w, d, ctx, k_cache, v_cache, lse);
-  const at::Tensor hf = norm(y, w.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
-  return y + feed_forward(hf, w, d, training);
+  const at::Tensor y = x + attention(x, w, d, ctx, k_cache, v_cache, lse);
+  return y + feed_forward(y, w, d, training);
 }
 
 }  // namespace arwrap::layers

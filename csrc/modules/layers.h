@@ -7,7 +7,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace arwrap::layers {
@@ -68,23 +70,49 @@ struct AttentionContext {
   double dropout = 0.0;
 };
 
-// The attention block on the normed input h (b, m, dim): q, k, v projections,
+// The attention block on the residual stream x (b, m, dim): the norm, q, k, v projections,
 // qk-norm, rotary, causal attention (over the cached keys too when k_cache/v_cache are
 // given: they are extended in place), the output projection. With lse, also the
 // attention's log-sum-exp per query (b, heads, m) for the z-loss. On the CPU the attention
 // is the fused operator arwrap::attention, whose one pass gives the lse too; with dropout
 // in training, and on CUDA, at::scaled_dot_product_attention and arwrap::attention_lse.
-at::Tensor attention(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
+// Where a backward will run, the projections are normed_projections and heads_projection,
+// which keep nothing the layer does not keep anyway.
+at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
 
-// The feed-forward block on the normed input: Linear, GELU/SiLU (or its GLU), dropout, Linear.
-// Where a backward will run and there is no dropout, lean_feed_forward.
-at::Tensor feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d, bool training);
+// The feed-forward block on the residual stream y: the norm, Linear, GELU/SiLU (or its GLU),
+// dropout, Linear. Where a backward will run and there is no dropout, lean_feed_forward.
+at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d, bool training);
 
-// The same block (no dropout) as one autograd function that keeps only its input and the
-// pre-activation for the backward and recomputes the activation's output there
+// The same block (no dropout) as one autograd function that keeps only its input y and the
+// pre-activation for the backward and recomputes the norm's and the activation's outputs there
 // (lean_feed_forward.cpp).
-at::Tensor lean_feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d);
+at::Tensor lean_feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d);
+
+// Whether a backward will run through a block with input x and these weights: recording, and
+// something needs a gradient (and ARWRAP_LEAN_LAYERS is not 0: the benches' switch to the plain
+// composition). Where it does, the blocks take their lean autograd functions.
+bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights);
+
+// norm(x, gamma) recomputed in a backward, with recording, on detached leaves x and gamma:
+// backward(dh) is (d x, d gamma) through norm() itself, the composition's gradient.
+struct NormRecompute {
+  at::Tensor x, gamma, h;
+  static NormRecompute run(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset);
+  std::pair<at::Tensor, at::Tensor> backward(const at::Tensor& dh) const;
+};
+
+// [h W_i^T for each weight] with h = norm(x, gamma), as one autograd function that saves x,
+// not h, and recomputes h in the backward (lean_projections.cpp). Products in autocast's dtype
+// under autocast, as project() computes them.
+std::vector<at::Tensor> normed_projections(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                                           at::TensorList weights);
+
+// The output projection of the attention output a (b, heads, m, dim_head): the (b, m, heads *
+// dim_head) rows times w^T, saving a itself (the attention saves it too) instead of the copy
+// the product reads (lean_projections.cpp).
+at::Tensor heads_projection(const at::Tensor& a, const at::Tensor& w);
 
 // One pre-norm residual layer: x + attention(norm(x)), then + feed_forward(norm(.)); the caches
 // and lse as in attention().

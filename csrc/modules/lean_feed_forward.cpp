@@ -1,12 +1,15 @@
-// The feed-forward block with its own backward (layers.h, lean_feed_forward): Linear, GELU/SiLU
-// (or its GLU), Linear, as one torch::autograd::Function that saves the block's input (in the
-// products' dtype), the pre-activation and nothing else; its backward recomputes the activation's
-// output instead of keeping it (ATen element-wise ops, on every device), so the block keeps
-// (dim + inner) values per row where the composition of ATen ops keeps (dim + 2 inner).
+// The feed-forward block with its own backward (layers.h, lean_feed_forward): the norm, Linear,
+// GELU/SiLU (or its GLU), Linear, as one torch::autograd::Function that saves the block's input
+// y (the residual stream, which the layer keeps anyway), the pre-activation and nothing else; its
+// backward recomputes the norm's output (NormRecompute: norm() with recording, so the norm's
+// gradient is the composition's) and the activation's output (ATen element-wise ops, on every
+// device) instead of keeping them, so the block keeps (dim + inner) values per row where the
+// composition of ATen ops keeps (3 dim + 2 inner).
 //
 // Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
-// input and the weights are cast to it (the same .to() autocast makes), the saved tensors are
-// in it, the gradients of the weights and the input come back in theirs (float32).
+// normed input and the weights are cast to it (the same .to() autocast makes), the
+// pre-activation is kept in it, the gradients of the weights and the input come back in theirs
+// (float32).
 #include "layers.h"
 
 #include "../ops/low_precision_mm.h"
@@ -28,12 +31,15 @@ at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
   return parts[0] * (swish ? at::silu(parts[1]) : at::gelu(parts[1]));
 }
 
-// d loss / d f from d loss / d activate(f).
-at::Tensor activate_backward(const at::Tensor& da, const at::Tensor& f, bool glu, bool swish) {
+// d loss / d f from d loss / d activate(f); without GLU in da's memory (da is consumed).
+at::Tensor activate_backward_(at::Tensor& da, const at::Tensor& f, bool glu, bool swish) {
   auto act_bwd = [&](const at::Tensor& g, const at::Tensor& x) {
     return swish ? at::silu_backward(g, x) : at::gelu_backward(g, x);
   };
-  if (!glu) return act_bwd(da, f);
+  if (!glu) {
+    if (swish) return at::silu_backward_out(da, da, f);
+    return at::gelu_backward_out(da, da, f);
+  }
   auto parts = f.chunk(2, -1);
   const at::Tensor act = swish ? at::silu(parts[1]) : at::gelu(parts[1]);
   return at::cat({da * act, act_bwd(da * parts[0], parts[1])}, -1);
@@ -41,45 +47,55 @@ at::Tensor activate_backward(const at::Tensor& da, const at::Tensor& f, bool glu
 
 class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w_in, const at::Tensor& b_in,
-                            const at::Tensor& w_out, const at::Tensor& b_out, bool glu, bool swish) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& w_in,
+                            const at::Tensor& b_in, const at::Tensor& w_out, const at::Tensor& b_out, bool glu,
+                            bool swish, bool rms, bool unit_offset) {
+    const at::Tensor h = norm(y, gamma, rms, unit_offset);
     const at::ScalarType dt = product_dtype(h);
     const at::Tensor hc = h.to(dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
     // the products on the float32 route where ATen's low-precision CPU GEMM is slow (low_precision_mm.h)
     const at::Tensor f = ops::linear_lowp(hc, wi, bi);
-    const at::Tensor y = ops::linear_lowp(activate(f, glu, swish), wo, bo);
-    ctx->save_for_backward({hc, f, w_in, w_out});
+    const at::Tensor out = ops::linear_lowp(activate(f, glu, swish), wo, bo);
+    ctx->save_for_backward({y, gamma, f, w_in, w_out});
     ctx->saved_data["glu"] = glu;
     ctx->saved_data["swish"] = swish;
-    ctx->saved_data["h_dtype"] = h.scalar_type();
-    return y;
+    ctx->saved_data["rms"] = rms;
+    ctx->saved_data["unit_offset"] = unit_offset;
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &hc = saved[0], &f = saved[1], &w_in = saved[2], &w_out = saved[3];
+    const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4];
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
     const at::ScalarType dt = f.scalar_type();
-    const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = hc.size(-1);
+    const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = y.size(-1);
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
-    const at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});  // recomputed, not kept
+    // the inner-width temporaries one at a time (each as large as the pre-activation; the
+    // backward of the last layer runs while every layer's saved tensors are alive: the step's peak)
+    at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});  // recomputed, not kept
     const at::Tensor d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
+    a.reset();
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
-    const at::Tensor da = ops::mm_lowp(g, w_out.to(dt));
-    const at::Tensor df = activate_backward(da, f.reshape({-1, inner}), glu, swish);
-    const at::Tensor h2 = hc.reshape({-1, D});
+    at::Tensor df = ops::mm_lowp(g, w_out.to(dt));  // d activation, made d pre-activation in place
+    df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
+    const NormRecompute rec =
+        NormRecompute::run(y, gamma, ctx->saved_data["rms"].toBool(), ctx->saved_data["unit_offset"].toBool());
+    const at::Tensor h2 = rec.h.detach().to(dt).reshape({-1, D});  // the forward's normed input, again
     const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());
     const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
-    const auto h_dtype = static_cast<at::ScalarType>(ctx->saved_data["h_dtype"].toInt());
-    const at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(hc.sizes()).to(h_dtype);
-    return {d_h, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor()};
+    at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(y.sizes()).to(rec.h.scalar_type());
+    df.reset();
+    const auto [d_y, d_gamma] = rec.backward(d_h);
+    return {d_y, d_gamma, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-at::Tensor lean_feed_forward(const at::Tensor& h, const LayerWeights& w, const DecoderOptions& d) {
-  return LeanFeedForward::apply(h, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b, d.ff_glu(), d.ff_swish());
+at::Tensor lean_feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d) {
+  return LeanFeedForward::apply(y, w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b, d.ff_glu(), d.ff_swish(),
+                                d.use_rmsnorm(), d.norm_add_unit_offset());
 }
 
 }  // namespace arwrap::layers

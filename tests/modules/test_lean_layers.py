@@ -107,3 +107,68 @@ def test_gradcheck_float64_through_the_model_operator(dkw):
         return torch.ops.arwrap.autoregressive_wrapper_loss(x, full, net.config, True, -100, 0, 0.0, None, True)[0]
 
     assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
+
+
+def layer_saved(bf16, **dkw):
+    """What one more layer keeps for the backward: its storages (parameters left out) by the last
+    dimension and dtype of the tensor saved, one layer's net subtracted from two layers'."""
+    torch.manual_seed(0)
+    b, n = 2, 9
+
+    def count(depth):
+        net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=arwrap_cpp.Decoder(
+            dim=32, depth=depth, heads=2, attn_dim_head=24, **dkw))
+        params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+        seen = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params and t.numel() >= b * n * 16:  # activations, not the rotary tables
+                seen.setdefault(ptr, (t.shape[-1], t.dtype))
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = arwrap_cpp.AutoregressiveWrapper(net)(torch.randint(0, V, (b, n + 1)))
+        loss.backward()
+        return collections.Counter(seen.values())
+
+    return count(2) - count(1)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("dkw", [{}, {"rotary_pos_emb": True, "use_rmsnorm": True}])
+def test_a_layer_keeps_its_two_inputs_qkv_the_attention_output_and_the_pre_activation(bf16, dkw):
+    # the composition also keeps each norm's normalised and scaled outputs (four dim-wide tensors)
+    # and the copy of the attention output the out projection reads; the layer keeps the residual
+    # stream before each block (float32, the norms' dtype), q, k, v and the attention output (the
+    # attention operator's, in the products' dtype), and the feed-forward's pre-activation
+    low = torch.bfloat16 if bf16 else torch.float32
+    assert layer_saved(bf16, **dkw) == {(32, torch.float32): 2, (24, low): 4, (128, low): 1}
+
+
+@pytest.mark.parametrize("dkw", [{}, {"use_rmsnorm": True, "rotary_pos_emb": True},
+                                 {"attn_qk_norm": True, "ff_glu": True}])
+def test_gradcheck_float64_every_layer_weight(dkw):
+    # the norms' gammas (recomputed in the projections' and the feed-forward's backward), q, k,
+    # v, out and the feed-forward through the model operator, in float64
+    torch.manual_seed(0)
+    net = arwrap_cpp.TransformerWrapper(num_tokens=11, max_seq_len=8, attn_layers=arwrap_cpp.Decoder(
+        dim=8, depth=1, heads=2, attn_dim_head=4, ff_mult=1, **dkw)).double()
+    with torch.no_grad():  # gammas away from 1, so a wrong gamma gradient shows
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randint(0, 11, (2, 6))
+    names = net._param_names
+    weights = [w.detach().requires_grad_() for w in net.weights()]
+    picked = [i for i, n in enumerate(names) if n.startswith("attn_layers.layers.")]
+    assert len(picked) == 10, names
+
+    def loss_of(*ws):
+        full = list(weights)
+        for i, w in zip(picked, ws):
+            full[i] = w
+        return torch.ops.arwrap.autoregressive_wrapper_loss(x, full, net.config, True, -100, 0, 0.0, None, True)[0]
+
+    assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
