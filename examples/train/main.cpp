@@ -158,8 +158,9 @@ int run(int argc, char** argv) {
       fail("--tokenizer " + tok->path() + " has " + std::to_string(tok->vocab_size()) + " ids, more than " +
            (ckpt ? "checkpoint " + a.checkpoint + "'s num_tokens " : std::string("--num-tokens ")) +
            std::to_string(config.num_tokens()) +
-           (ckpt || a.given.count("num-tokens") ? std::string()
-                                                : " (the default; give --num-tokens " + std::to_string(tok->vocab_size()) + ")"));
+           (ckpt || a.given.count("num-tokens")
+                ? std::string()
+                : " (the default; give --num-tokens " + std::to_string(tok->vocab_size()) + ")"));
   }
   const int64_t seq_len = config.max_seq_len();
 

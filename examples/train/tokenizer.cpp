@@ -201,7 +201,8 @@ class JsonParser {
 
  private:
   [[noreturn]] void fail(const std::string& what) const {
-    throw std::runtime_error("tokenizer " + path_ + " is not JSON: " + what + " at byte " + std::to_string(i_));
+    throw std::runtime_error("tokenizer " + path_ + " is not JSON: " + what + " at byte " + std::to_string(i_) +
+                             (i_ >= s_.size() ? ", the end of the file (cut short?)" : ""));
   }
   void space() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
@@ -221,7 +222,7 @@ class JsonParser {
   Json value(int depth) {
     if (depth > 64) fail("nested deeper than 64 levels");  // a tokenizers file nests about 4 deep
     space();
-    if (i_ >= s_.size()) fail("the file ends where a value should be");
+    if (i_ >= s_.size()) fail("expected a value");
     Json v;
     const char c = s_[i_];
     if (c == '{') {
@@ -303,7 +304,10 @@ class JsonParser {
     uint32_t v = 0;
     for (int k = 0; k < 4; ++k, ++i_) {
       const char h = s_[i_];
-      const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+      const int d = h >= '0' && h <= '9'   ? h - '0'
+                    : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                    : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                           : -1;
       if (d < 0) fail("a \\u escape with a non-hex digit");
       v = v << 4 | static_cast<uint32_t>(d);
     }
@@ -442,7 +446,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
     fail("model.type is " + (type != nullptr && type->kind == Json::kString ? "\"" + type->text + "\"" : what(type)) +
          "; arwrap-train reads byte-level BPE (model.type \"BPE\")");
   const Json* pre = doc.get("pre_tokenizer");
-  if (what(pre) != "ByteLevel") fail("pre_tokenizer is " + what(pre) + "; arwrap-train reads ByteLevel (byte-level BPE)");
+  if (what(pre) != "ByteLevel")
+    fail("pre_tokenizer is " + what(pre) + "; arwrap-train reads ByteLevel (byte-level BPE)");
   if (const Json* dec = doc.get("decoder"); what(dec) != "ByteLevel")
     fail("decoder is " + what(dec) + "; arwrap-train reads ByteLevel (byte-level BPE)");
   if (const Json* norm = doc.get("normalizer"); !is_null(norm))
@@ -452,7 +457,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
   if (const Json* d = model->get("dropout"); !is_null(d) && !(d->kind == Json::kNumber && d->number == 0))
     fail("model.dropout is set; arwrap-train encodes deterministically (dropout null)");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (!text_of(model->get(key)).empty()) fail(std::string("model.") + key + " is set; arwrap-train reads byte-level BPE without it");
+    if (!text_of(model->get(key)).empty())
+      fail(std::string("model.") + key + " is set; arwrap-train reads byte-level BPE without it");
 
   Tokenizer t;
   t.path_ = path;

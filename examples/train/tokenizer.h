@@ -23,14 +23,15 @@
 // The character classes are exact for ASCII, and \s is Unicode's White_Space set. For the other
 // code points \p{L} / \p{N} come from a small table (tokenizer.cpp) that agrees with tokenizers on
 // every assigned code point of U+0080..U+06FF (Latin, IPA, Greek, Cyrillic, Armenian, Hebrew,
-// Arabic), Devanagari, Thai, U+2000..U+2BFF (punctuation, super- and subscripts, currency, letterlike,
-// number forms, arrows, mathematical, technical, box, shapes, dingbats), CJK symbols, kana and
-// ideographs, Hangul syllables, U+FE00..U+FFFF (presentation and fullwidth forms, specials) and the
-// emoji and symbol planes U+1F000..U+1FBFF (tests/integration/test_trainer_tokenizer.py checks
-// them, the large blocks in part); everywhere else a non-ASCII code point counts as a letter. So combining marks, digits and
-// punctuation of other scripts (Syriac, Bengali, Tibetan, Myanmar, Ethiopic, ...), and unassigned
-// code points, may split differently from tokenizers' there. Invalid UTF-8 counts as "other", one
-// maximal invalid sequence at a time (as its U+FFFD would).
+// Arabic), Devanagari, Thai, U+2000..U+2BFF (punctuation, super- and subscripts, currency,
+// letterlike, number forms, arrows, mathematical, technical, box, shapes, dingbats), CJK symbols,
+// kana and ideographs, Hangul syllables, U+FE00..U+FFFF (presentation and fullwidth forms,
+// specials) and the emoji and symbol planes U+1F000..U+1FBFF (tests/integration/
+// test_trainer_tokenizer.py checks them, the large blocks in part). Everywhere else a non-ASCII
+// code point counts as a letter: an approximation, so combining marks, digits and punctuation of
+// other scripts (Syriac, Bengali, Tibetan, Myanmar, Ethiopic, ...) and unassigned code points may
+// split differently from tokenizers' there. Invalid UTF-8 counts as "other", one maximal invalid
+// sequence at a time (as its U+FFFD would).
 // Whatever the split, every byte becomes tokens: decode(encode(t)) == t for any bytes t (unless an
 // added token's content, matched in the text, decodes to other bytes: an added "é" is the byte-level
 // character of byte 0xE9, in tokenizers too).
