@@ -37,6 +37,8 @@ struct Args {
   bool resume = false, eval_only = false;
   bool checkpoint_layers = false;  // DecoderOptions::checkpoint_layers: how this process trains, not the model
   std::optional<std::string> sample;
+  std::string tokenizer;                      // a tokenizers JSON (tokenizer.h): samples as text, text prompts
+  std::optional<std::string> encode, decode;  // tool modes of --tokenizer
   train::DistFlags dist;  // --dist-timeout, --as-ranks, --bucket-mb, --overlap (data_parallel.h)
   std::set<std::string> given;  // flags set on the command line
 };

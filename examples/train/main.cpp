@@ -9,6 +9,7 @@
 #include "flags.h"
 #include "metrics.h"
 #include "precision.h"
+#include "tokenizer.h"
 
 #include <arwrap/arwrap.h>
 #include <torch/torch.h>
@@ -71,6 +72,21 @@ std::string ids_text(const at::Tensor& ids) {
   return out;
 }
 
+// The ids of "12 7 301" or "12,7,301"; each one a number >= 0, or fail() naming the flag.
+std::vector<int64_t> parse_ids(const std::string& flag, const std::string& text) {
+  std::vector<int64_t> ids;
+  std::string item;
+  for (std::istringstream in(text); in >> item;)
+    for (std::istringstream parts(item); std::getline(parts, item, ',');)
+      if (!item.empty()) ids.push_back(parse_int(flag, item, 0));
+  return ids;
+}
+
+std::vector<int64_t> tensor_ids(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
 std::string text_number(double x) {
   std::ostringstream s;
   s << x;
@@ -83,6 +99,21 @@ int run(int argc, char** argv) {
   Args a = parse_args(argc, argv);
   const std::string prog = argv[0];
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
+  std::optional<train::Tokenizer> tok;  // --tokenizer: a token model's samples and prompts as text
+  if (!a.tokenizer.empty()) tok = train::Tokenizer::load(a.tokenizer);
+  if (a.encode) {  // the tool modes: no model
+    const std::vector<int64_t> ids = tok->encode(*a.encode);
+    std::string line;
+    for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+    std::printf("%s\n", line.c_str());
+    return 0;
+  }
+  if (a.decode) {
+    const std::string text = tok->decode(parse_ids("--decode", *a.decode));
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fputc('\n', stdout);
+    return 0;
+  }
   train::DataParallel dp(a.dist, !(a.eval_only || a.sample));  // torchrun's ranks meet here; alone without
 
   // the checkpoint: what to resume, evaluate or sample from
@@ -114,6 +145,23 @@ int run(int argc, char** argv) {
     check_model_flags(a, config, a.checkpoint);
   }
   config.attn_layers().checkpoint_layers(a.checkpoint_layers);  // how this run trains, whatever the checkpoint says
+  if (tok) {
+    // its ids are the model's: a byte model (text data) has none, and every id must fit the vocabulary
+    const std::string where = a.data.empty() ? std::string("the default corpus") : "--data " + a.data;
+    if (!a.sample && !a.eval_only && !is_token_corpus(a.data))
+      fail("--tokenizer " + tok->path() + " is for token data (the ids it made), and " + where +
+           " is text, which the model reads as bytes: leave --tokenizer out");
+    if (a.sample && config.num_tokens() == 256 && !is_token_corpus(a.data))
+      fail("--tokenizer " + tok->path() + ": checkpoint " + a.checkpoint + " is a byte-level model (trained on text, " +
+           where + "): its --sample prompt is text already; leave --tokenizer out");
+    if (tok->vocab_size() > config.num_tokens())
+      fail("--tokenizer " + tok->path() + " has " + std::to_string(tok->vocab_size()) + " ids, more than " +
+           (ckpt ? "checkpoint " + a.checkpoint + "'s num_tokens " : std::string("--num-tokens ")) +
+           std::to_string(config.num_tokens()) +
+           (ckpt || a.given.count("num-tokens")
+                ? std::string()
+                : " (the default; give --num-tokens " + std::to_string(tok->vocab_size()) + ")"));
+  }
   const int64_t seq_len = config.max_seq_len();
 
   torch::manual_seed(static_cast<uint64_t>(a.seed));
@@ -123,12 +171,17 @@ int run(int argc, char** argv) {
 
   if (a.sample) {
     if (a.sample->empty()) fail("--sample needs a non-empty prompt");
+    if (tok) {  // a token model's prompt and sample as text
+      const std::vector<int64_t> ids = tok->encode(*a.sample);
+      const at::Tensor prompt = torch::tensor(ids, torch::kLong);
+      const at::Tensor out = generate_ids(net, prompt, a.sample_len, a.temperature, a.seed);
+      const std::string text = tok->decode(tensor_ids(torch::cat({prompt, out})), false);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fputc('\n', stdout);
+      return 0;
+    }
     if (config.num_tokens() != 256) {  // a token model: the prompt and the sample are ids
-      std::vector<int64_t> ids;
-      std::string item;
-      for (std::istringstream in(*a.sample); in >> item;)
-        for (std::istringstream parts(item); std::getline(parts, item, ',');)
-          if (!item.empty()) ids.push_back(parse_int("--sample", item, 0));
+      const std::vector<int64_t> ids = parse_ids("--sample", *a.sample);
       for (int64_t id : ids)
         if (id >= config.num_tokens())
           fail("--sample: id " + std::to_string(id) + " is outside the vocabulary (num_tokens " +
@@ -148,6 +201,10 @@ int run(int argc, char** argv) {
   Data data = load_data(a, seq_len, config.num_tokens(), ckpt.has_value() || a.given.count("num-tokens"));
   std::printf("corpus: %s; %lld train / %lld validation %s\n", data.source.c_str(),
               static_cast<long long>(data.train_size()), static_cast<long long>(data.val_size()), data.unit());
+  if (tok)
+    std::printf("tokenizer: %s (byte-level BPE, %lld ids, %lld merges, %lld added tokens): samples as text\n",
+                tok->path().c_str(), static_cast<long long>(tok->vocab_size()), static_cast<long long>(tok->merges()),
+                static_cast<long long>(tok->added()));
   const train::Precision precision =
       a.precision.empty() ? train::default_precision(c10::DeviceType::CPU) : train::parse_precision(a.precision);
   if (a.eval_only) {
@@ -250,15 +307,26 @@ int run(int argc, char** argv) {
     metrics.validation(step, loss);
     return loss;
   };
+  // A sample's text under its prompt, each line indented.
+  auto show = [](int64_t step, const std::string& prompt, const std::string& text) {
+    std::string body = printable(text, false), indented = "  | ";
+    for (char c : body) indented += c == '\n' ? std::string("\n  | ") : std::string(1, c);
+    std::printf("sample at step %lld, prompt \"%s\":\n%s\n", static_cast<long long>(step),
+                printable(prompt, true).c_str(), indented.c_str());
+    std::fflush(stdout);
+  };
   auto sample = [&](int64_t step) {
     if (!dp.is_main()) return;
     auto rng = rng_for(a.seed, step, 1);
     const int64_t prime = std::min<int64_t>(64, seq_len);
-    if (data.tokens) {  // a token corpus: the prompt and the sample as ids
+    if (data.tokens) {  // a token corpus: the prompt and the sample as ids, or as text with --tokenizer
       const Segment& s = data.val_segments.front();
       std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(0, s.count - prime - 1));
       const at::Tensor prompt = segment_tensor(s, pick(rng), std::min(prime, s.count));
       const at::Tensor out = generate_ids(net, prompt, a.sample_len, a.temperature, a.seed * 1000003 + step);
+      if (tok)
+        return show(step, utf8_lossy(tok->decode(tensor_ids(prompt), false)),
+                    utf8_lossy(tok->decode(tensor_ids(out), false)));
       std::printf("sample at step %lld, prompt ids %s:\n  | %s\n", static_cast<long long>(step),
                   ids_text(prompt).c_str(), ids_text(out).c_str());
       std::fflush(stdout);
@@ -270,12 +338,7 @@ int run(int argc, char** argv) {
     if (const auto nl = val.find('\n', static_cast<size_t>(at)); nl != std::string::npos && nl + prime < val.size())
       at = static_cast<int64_t>(nl + 1);  // start the prompt at a line
     const std::string prompt = val.substr(static_cast<size_t>(at), static_cast<size_t>(prime));
-    const std::string text = generate_text(net, prompt, a.sample_len, a.temperature, a.seed * 1000003 + step);
-    std::string body = printable(text, false), indented = "  | ";
-    for (char c : body) indented += c == '\n' ? std::string("\n  | ") : std::string(1, c);
-    std::printf("sample at step %lld, prompt \"%s\":\n%s\n", static_cast<long long>(step),
-                printable(prompt, true).c_str(), indented.c_str());
-    std::fflush(stdout);
+    show(step, prompt, generate_text(net, prompt, a.sample_len, a.temperature, a.seed * 1000003 + step));
   };
 
   std::signal(SIGINT, on_sigint);
@@ -382,8 +445,9 @@ int run(int argc, char** argv) {
       save_due = false;
     }
     if (g_interrupted) {
-      std::printf("interrupted at step %lld; checkpoint saved to %s\ncontinue: %s --checkpoint %s --resume\n",
-                  static_cast<long long>(step), a.checkpoint.c_str(), prog.c_str(), a.checkpoint.c_str());
+      std::printf("interrupted at step %lld; checkpoint saved to %s\ncontinue: %s --checkpoint %s --resume%s\n",
+                  static_cast<long long>(step), a.checkpoint.c_str(), prog.c_str(), a.checkpoint.c_str(),
+                  tok ? (" --tokenizer " + a.tokenizer).c_str() : "");
       return 130;
     }
   }
@@ -397,13 +461,19 @@ int run(int argc, char** argv) {
     std::printf("%s\n", comm.c_str());
   std::printf("checkpoint: %s (step %lld)\n", abs.c_str(), static_cast<long long>(step));
   std::printf("metrics:    %s  (plot: scripts/plot.sh %s)\n", metrics.path().c_str(), metrics.path().c_str());
-  if (data.tokens)
+  // --tokenizer is not stored in the checkpoint: the lines that need it say it again
+  const std::string with_tok =
+      tok ? " --tokenizer " + std::filesystem::absolute(a.tokenizer).lexically_normal().string() : std::string();
+  if (tok)
+    std::printf("sample:     %s --checkpoint %s%s --sample 'def main():' --sample-len 64\n", prog.c_str(), abs.c_str(),
+                with_tok.c_str());
+  else if (data.tokens)
     std::printf("sample:     %s --checkpoint %s --sample '0 1 2' --sample-len 64  (token ids)\n", prog.c_str(),
                 abs.c_str());
   else
     std::printf("sample:     %s --checkpoint %s --sample 'def main():' --sample-len 400\n", prog.c_str(), abs.c_str());
-  std::printf("continue:   %s --checkpoint %s --resume --steps %lld\n", prog.c_str(), abs.c_str(),
-              static_cast<long long>(2 * a.steps));
+  std::printf("continue:   %s --checkpoint %s --resume --steps %lld%s\n", prog.c_str(), abs.c_str(),
+              static_cast<long long>(2 * a.steps), with_tok.c_str());
   std::printf("in Python:  from arwrap_cpp.checkpoint import load_model; net = load_model('%s')"
               "  # kind='x_transformers' for x-transformers' own\n",
               abs.c_str());

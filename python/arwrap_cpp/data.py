@@ -10,8 +10,9 @@ Reads and writes the token files the trainer memory-maps (examples/train/tokens.
 the Hugging Face ``tokenizers`` library (``pip install arwrap_cpp[data]``) on the user's own text,
 nothing downloaded, and writes ``DIR/tokenizer.json`` and llm.c shards ``DIR/corpus_train_000001.bin``
 ... and ``DIR/corpus_val_000000.bin``; ``python -m arwrap_cpp.data decode DIR/tokenizer.json IDS...``
-turns ids (a sample of ``arwrap-train``) back into text. The tokenizer is read in Python only: the
-C++ trainer takes and prints token ids.
+turns ids back into text. The C++ trainer reads the same ``tokenizer.json`` itself
+(``arwrap-train --tokenizer DIR/tokenizer.json``: samples as text, text prompts); without it, it
+takes and prints token ids.
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({s['bytes'] / max(s['tokens'], 1):.2f} characters a token), vocabulary {s['vocab']}; "
                   f"{s['train_tokens']} train / {s['val_tokens']} validation tokens")
             print(f"wrote {s['tokenizer']} and {len(s['shards'])} shards; train with:")
-            print(f"  arwrap-train --data {args.out} --num-tokens {s['vocab']}")
+            print(f"  arwrap-train --data {args.out} --num-tokens {s['vocab']} --tokenizer {s['tokenizer']}")
         else:
             ids = [int(x) for item in args.ids for x in item.replace(",", " ").split()]
             print(decode(args.tokenizer, ids))
