@@ -179,7 +179,7 @@ bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse) {
   const int64_t b = x.size(0), m = x.size(1), H = d.heads(), dh = d.attn_dim_head();
-  const bool lean = records(x, {w.attn_norm, w.q, w.k, w.v, w.out});
+  const bool lean = records(x, {w.attn_norm, w.q, w.k, w.v});
   auto heads = [&](const at::Tensor& t) { return t.view({b, m, H, dh}).transpose(1, 2); };
   at::Tensor q, k, v;
   if (lean) {
@@ -189,9 +189,8 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOp
     const at::Tensor h = norm(x, w.attn_norm, d.use_rmsnorm(), d.norm_add_unit_offset());
     q = heads(project(h, w.q)), k = heads(project(h, w.k)), v = heads(project(h, w.v));
   }
-  auto out_projection = [&](const at::Tensor& a) {
-    return lean ? heads_projection(a, w.out) : project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out);
-  };
+  // arwrap::attention's output is (b, heads, m, dh) over (b, m, heads, dh) memory: the merge is a view
+  auto out_projection = [&](const at::Tensor& a) { return project(a.transpose(1, 2).reshape({b, m, H * dh}), w.out); };
   if (d.attn_qk_norm()) {
     q = q / at::linalg_vector_norm(q, 2, {-1}, true).clamp_min(1e-12);
     k = k / at::linalg_vector_norm(k, 2, {-1}, true).clamp_min(1e-12);

@@ -76,8 +76,8 @@ struct AttentionContext {
 // attention's log-sum-exp per query (b, heads, m) for the z-loss. On the CPU the attention
 // is the fused operator arwrap::attention, whose one pass gives the lse too; with dropout
 // in training, and on CUDA, at::scaled_dot_product_attention and arwrap::attention_lse.
-// Where a backward will run, the projections are normed_projections and heads_projection,
-// which keep nothing the layer does not keep anyway.
+// Where a backward will run, the q, k, v projections are normed_projections, which keep
+// nothing the layer does not keep anyway.
 at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d, const AttentionContext& ctx,
                      at::Tensor* k_cache, at::Tensor* v_cache, at::Tensor* lse);
 
@@ -108,11 +108,6 @@ struct NormRecompute {
 // under autocast, as project() computes them.
 std::vector<at::Tensor> normed_projections(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
                                            at::TensorList weights);
-
-// The output projection of the attention output a (b, heads, m, dim_head): the (b, m, heads *
-// dim_head) rows times w^T, saving a itself (the attention saves it too) instead of the copy
-// the product reads (lean_projections.cpp).
-at::Tensor heads_projection(const at::Tensor& a, const at::Tensor& w);
 
 // One pre-norm residual layer: x + attention(norm(x)), then + feed_forward(norm(.)); the caches
 // and lse as in attention().

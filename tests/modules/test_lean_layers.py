@@ -123,7 +123,8 @@ def layer_saved(bf16, **dkw):
 
         def pack(t):
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in params and t.numel() >= b * n * 16:  # activations, not the rotary tables
+            # activations (3-D and 4-D), not the rotary tables or autocast's bf16 copies of weights
+            if ptr not in params and t.dim() >= 3 and t.numel() >= b * n * 16:
                 seen.setdefault(ptr, (t.shape[-1], t.dtype))
             return t
 
@@ -139,10 +140,10 @@ def layer_saved(bf16, **dkw):
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("dkw", [{}, {"rotary_pos_emb": True, "use_rmsnorm": True}])
 def test_a_layer_keeps_its_two_inputs_qkv_the_attention_output_and_the_pre_activation(bf16, dkw):
-    # the composition also keeps each norm's normalised and scaled outputs (four dim-wide tensors)
-    # and the copy of the attention output the out projection reads; the layer keeps the residual
-    # stream before each block (float32, the norms' dtype), q, k, v and the attention output (the
-    # attention operator's, in the products' dtype), and the feed-forward's pre-activation
+    # the composition also keeps each norm's normalised and scaled outputs (four dim-wide tensors);
+    # the layer keeps the residual stream before each block (float32, the norms' dtype), q, k, v
+    # and the attention output (the attention operator's, which the out projection reads as a
+    # view, in the products' dtype), and the feed-forward's pre-activation
     low = torch.bfloat16 if bf16 else torch.float32
     assert layer_saved(bf16, **dkw) == {(32, torch.float32): 2, (24, low): 4, (128, low): 1}
 

@@ -139,25 +139,61 @@ def test_float32_same_bits_for_1_and_2_threads():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
-def test_every_instruction_set_matches_float64(isa):
-    """Each per-ISA build of the kernel (ARWRAP_CPU_ISA; one the CPU lacks falls back to the best it has)."""
-    code = f"""
-import sys; sys.path.insert(0, {HERE!r})
+ISA_CHECK = """
+import sys; sys.path.insert(0, {here!r})
 import torch, arwrap_cpp
-from test_attention import make, run, reference
-for shape in [(1, 2, 70, 75, 40), (2, 1, 5, 9, 16), (1, 1, 130, 130, 64)]:
+from test_attention import make, run, reference, cosine
+for shape in [(1, 2, 70, 75, 40), (2, 1, 5, 9, 16), (1, 1, 130, 130, 64), (1, 2, 97, 101, 33)]:
     q, k, v = make(*shape, strided=True)
     out, lse, grads, ups = run(q, k, v)
     r_out, r_lse, r_grads = reference(q, k, v, ups)
     torch.testing.assert_close(out.double(), r_out, atol=2e-6, rtol=1e-5)
     for a, b in zip(grads, r_grads):
         torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=1e-4)
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    out, lse, grads, ups = run(q, k, v)
+    r_out, r_lse, r_grads = reference(q, k, v, ups)
+    torch.testing.assert_close(out.double(), r_out, atol=1e-2, rtol=1.6e-2)
+    torch.testing.assert_close(lse.double(), r_lse, atol=1e-4, rtol=1e-5)
+    assert all(cosine(a, b) > 0.999 for a, b in zip(grads, r_grads)), [cosine(a, b) for a, b in zip(grads, r_grads)]
+    torch.save([out, *grads], {out_file!r} + "_" + "x".join(map(str, shape)))
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ARWRAP_CPU_ISA=isa),
-                       capture_output=True, text=True)
+
+
+def run_isa(isa, tmp_path):
+    out_file = str(tmp_path / isa)
+    r = subprocess.run([sys.executable, "-c", ISA_CHECK.format(here=HERE, out_file=out_file)],
+                       env=dict(os.environ, ARWRAP_CPU_ISA=isa), capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    return out_file
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512_bf16"])
+def test_every_instruction_set_matches_float64(isa, tmp_path):
+    """Each per-ISA build of the kernel (ARWRAP_CPU_ISA; one the CPU lacks falls back to the best it
+    has), float32 against float64 and bfloat16 within its tolerance (avx512_bf16: the products on
+    vdpbf16ps, P and dS rounded to bfloat16)."""
+    run_isa(isa, tmp_path)
+
+
+@pytest.mark.skipif("avx512_bf16" not in cpu_flags() or "avx512f" not in cpu_flags(),
+                    reason="needs a CPU with avx512_bf16 (the vdpbf16ps path)")
+def test_the_vdpbf16ps_path_runs_where_the_cpu_has_it(tmp_path):
+    # its bfloat16 results differ from the plain AVX-512 build's (which keeps P and dS in
+    # float32): proof that the dot-product kernel is the one that ran and passed above
+    plain, dot = run_isa("avx512", tmp_path), run_isa("avx512_bf16", tmp_path)
+    shape = "1x1x130x130x64"
+    a, b = torch.load(f"{plain}_{shape}"), torch.load(f"{dot}_{shape}")
+    assert any(not torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_gradcheck_float64():
