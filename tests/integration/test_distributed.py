@@ -73,6 +73,14 @@ def ok(proc):
     return proc.stdout
 
 
+# Two ranks and one process sum the same rows in another order; float32 rounding of ~1e-7 per
+# step, amplified by Adam's normalisation over 12-20 steps, leaves relative differences up to
+# ~1e-5 in the feed-forward's output weight (6.6e-6 with the plain ATen composition, 1.03e-5
+# with the lean layers' own backward); a wrong reduction is off by far more than 1e-3 (the
+# "can fail" checks below).
+SAME_WEIGHTS = 2e-5
+
+
 def max_rel_diff(a, b):
     """max |a - b| / max |b| over every tensor of two state dicts."""
     worst = 0.0
@@ -144,7 +152,7 @@ def test_two_ranks_train_as_one_process_on_the_concatenated_batch(trainer, corpu
     out1 = ok(run1(trainer, "--data", corpus, *MODEL, *TRAIN, "--steps", 20, "--as-ranks", 2, "--checkpoint", one))
     assert "data parallel: world size 1 (one process, drawing the windows of 2 ranks), 256 tokens per step" in out1
     two_w, one_w = ckpt.load_checkpoint(path)["model"], ckpt.load_checkpoint(one)["model"]
-    assert max_rel_diff(two_w, one_w) <= 1e-5
+    assert max_rel_diff(two_w, one_w) <= SAME_WEIGHTS
     # the logged losses (the mean over ranks) agree too
     losses2 = [float(l) for _, _, l, _ in STEP.findall(out)]
     losses1 = [float(l) for _, _, l, _ in STEP.findall(out1)]
@@ -164,7 +172,7 @@ def test_accumulation_and_many_buckets_train_as_one_process(trainer, corpus, tmp
     assert re.search(r"\(8\.0 buckets/step from backward\)", out), out
     ok(run1(trainer, *args, "--as-ranks", 2, "--checkpoint", tmp_path / "one.pt"))
     two_w = ckpt.load_checkpoint(tmp_path / "two.pt")["model"]
-    assert max_rel_diff(two_w, ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= 1e-5
+    assert max_rel_diff(two_w, ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= SAME_WEIGHTS
 
 
 def test_tokens_per_second_counts_every_rank(two_rank_run):
@@ -193,7 +201,7 @@ def test_two_rank_checkpoint_resumes_on_one_and_on_two_ranks(trainer, corpus, tw
         assert "resumed from" in out
         c = ckpt.load_checkpoint(p)
         assert c["step"] == 20
-        assert max_rel_diff(c["model"], want) <= 1e-5, name
+        assert max_rel_diff(c["model"], want) <= SAME_WEIGHTS, name
     # and plainly on one rank (its own windows): it trains on from step 10
     p = tmp_path / "plain.pt"
     p.write_bytes(ten.read_bytes())
@@ -212,7 +220,7 @@ def test_two_ranks_skip_a_non_finite_step_together(trainer, corpus, tmp_path):
     assert two["optimizer"]["token_emb.emb.weight.step"].item() == 5
     env = clean_env(ARWRAP_TRAIN_INJECT_NAN="3")
     ok(run1(trainer, *args, "--as-ranks", 2, "--checkpoint", tmp_path / "one.pt", env=env))
-    assert max_rel_diff(two["model"], ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= 1e-5
+    assert max_rel_diff(two["model"], ckpt.load_checkpoint(tmp_path / "one.pt")["model"]) <= SAME_WEIGHTS
 
 
 def test_two_ranks_that_diverge_both_stop_and_keep_the_checkpoint(trainer, two_rank_run, tmp_path):
