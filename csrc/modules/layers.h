@@ -95,6 +95,11 @@ at::Tensor lean_feed_forward(const at::Tensor& y, const LayerWeights& w, const D
 // composition). Where it does, the blocks take their lean autograd functions.
 bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights);
 
+// The lean blocks' backward is not differentiable itself (their recomputation runs on detached
+// leaves): a backward with create_graph=True through one is refused with a clear error, naming
+// `block` and the way out (ARWRAP_LEAN_LAYERS=0), rather than giving a wrong second derivative.
+void check_not_twice_differentiated(const char* block);
+
 // norm(x, gamma) recomputed in a backward, with recording, on detached leaves x and gamma:
 // backward(dh) is (d x, d gamma) through norm() itself, the composition's gradient.
 struct NormRecompute {

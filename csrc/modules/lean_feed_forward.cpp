@@ -65,6 +65,7 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_twice_differentiated("feed-forward block");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4];
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();

@@ -21,6 +21,13 @@
 
 namespace arwrap::layers {
 
+void check_not_twice_differentiated(const char* block) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "TransformerWrapper: the ", block,
+              " keeps only what its own backward needs and is not twice differentiable (backward with "
+              "create_graph=True); set ARWRAP_LEAN_LAYERS=0 for the plain ATen composition, which is twice "
+              "differentiable");
+}
+
 NormRecompute NormRecompute::run(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset) {
   at::AutoGradMode recording(true);
   NormRecompute r;
@@ -60,6 +67,7 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_twice_differentiated("attention block's normed q, k, v projections");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &gamma = saved[1];
     const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
