@@ -436,7 +436,8 @@ def main():
     ap.add_argument("--contenders", default="all", help="comma-separated subset of " + ",".join(CONTENDERS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-memory", action="store_true", help="time only (no per-contender memory processes)")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="time only (no per-contender memory processes; with --merge the memory measured before stays)")
     ap.add_argument("--profile", metavar="CONTENDER", help="print torch.profiler's table of one step and exit")
     ap.add_argument("--trainer", help="a built arwrap-train: compare its tokens/s with the loop in Python")
     ap.add_argument("--trainer-steps", type=int, default=30)
@@ -498,6 +499,10 @@ def main():
                 print(f"  {cfg} {c} memory ...", file=sys.stderr, flush=True)
                 mem = run_isolated(__file__, ["--config", cfg, "--contender", c, *common], measures=("memory",))
                 r["peak_extra_bytes"] = mem.get("peak_extra_bytes", float("nan"))
+            elif args.no_memory and "error" not in r:  # --merge --no-memory: the memory measured before stays
+                before = [o for o in old.get("results", []) if o["config"] == cfg and o["contender"] == c]
+                if before and "peak_extra_bytes" in before[0]:
+                    r["peak_extra_bytes"] = before[0]["peak_extra_bytes"]
             results.append(r)
         share = watch.others_share()
         for r in results:

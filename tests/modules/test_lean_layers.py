@@ -54,21 +54,23 @@ def test_gradients_are_the_compositions(config):
         assert cos > 0.999, (name, cos.item())
 
 
-def ff_saved(glu, bf16):
-    """The storages the step keeps for its backward, per layer, of the feed-forward's inner width."""
+def saved_per_layer(bf16, keep, dim=32, dim_head=16, **dkw):
+    """What one more layer keeps for the backward: the storages (parameters left out) of the
+    tensors `keep` selects, by their last dimension and dtype; a 1-layer net's subtracted from a
+    2-layer net's."""
     torch.manual_seed(0)
-    dim, inner, b, n = 32, 128, 2, 9
+    b, n = 2, 9
 
     def count(depth):
         net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=arwrap_cpp.Decoder(
-            dim=dim, depth=depth, heads=2, attn_dim_head=16, ff_glu=glu))
+            dim=dim, depth=depth, heads=2, attn_dim_head=dim_head, **dkw))
         params = {p.untyped_storage().data_ptr() for p in net.parameters()}
         seen = {}
 
         def pack(t):
             ptr = t.untyped_storage().data_ptr()
-            if ptr not in params and t.shape[-1] in (inner, 2 * inner) and t.numel() >= b * n * inner:
-                seen[ptr] = (t.shape[-1], t.dtype)
+            if ptr not in params and keep(t, b * n):
+                seen.setdefault(ptr, (t.shape[-1], t.dtype))
             return t
 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -78,6 +80,13 @@ def ff_saved(glu, bf16):
         return collections.Counter(seen.values())
 
     return count(2) - count(1)
+
+
+def ff_saved(glu, bf16):
+    """The storages of the feed-forward's inner width (128) a layer keeps."""
+    inner = 128
+    return saved_per_layer(bf16, lambda t, rows: t.shape[-1] in (inner, 2 * inner) and t.numel() >= rows * inner,
+                           ff_glu=glu)
 
 
 @pytest.mark.parametrize("glu", [False, True])
@@ -89,16 +98,21 @@ def test_the_block_keeps_only_its_pre_activation(glu, bf16):
     assert ff_saved(glu, bf16) == {(width, torch.bfloat16 if bf16 else torch.float32): 1}
 
 
-@pytest.mark.parametrize("dkw", [{}, {"ff_glu": True, "ff_swish": True}])
-def test_gradcheck_float64_through_the_model_operator(dkw):
+def gradcheck_layer_weights(dkw, pick, count, move_gammas=False):
+    """gradcheck in float64 of the wrapper's loss through the model operator, over the weights
+    whose names `pick` selects (`count` of them)."""
     torch.manual_seed(0)
     net = arwrap_cpp.TransformerWrapper(num_tokens=11, max_seq_len=8, attn_layers=arwrap_cpp.Decoder(
         dim=8, depth=1, heads=2, attn_dim_head=4, ff_mult=1, **dkw)).double()
+    if move_gammas:  # gammas away from 1, so a wrong gamma gradient shows
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.3)
     x = torch.randint(0, 11, (2, 6))
-    names = net._param_names
     weights = [w.detach().requires_grad_() for w in net.weights()]
-    picked = [i for i, n in enumerate(names) if ".ff." in n]
-    assert len(picked) == 4
+    picked = [i for i, n in enumerate(net._param_names) if pick(n)]
+    assert len(picked) == count, net._param_names
 
     def loss_of(*ws):
         full = list(weights)
@@ -109,32 +123,15 @@ def test_gradcheck_float64_through_the_model_operator(dkw):
     assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
 
 
+@pytest.mark.parametrize("dkw", [{}, {"ff_glu": True, "ff_swish": True}])
+def test_gradcheck_float64_through_the_model_operator(dkw):
+    gradcheck_layer_weights(dkw, lambda n: ".ff." in n, 4)
+
+
 def layer_saved(bf16, **dkw):
-    """What one more layer keeps for the backward: its storages (parameters left out) by the last
-    dimension and dtype of the tensor saved, one layer's net subtracted from two layers'."""
-    torch.manual_seed(0)
-    b, n = 2, 9
-
-    def count(depth):
-        net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=arwrap_cpp.Decoder(
-            dim=32, depth=depth, heads=2, attn_dim_head=24, **dkw))
-        params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-        seen = {}
-
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            # activations (3-D and 4-D), not the rotary tables or autocast's bf16 copies of weights
-            if ptr not in params and t.dim() >= 3 and t.numel() >= b * n * 16:
-                seen.setdefault(ptr, (t.shape[-1], t.dtype))
-            return t
-
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = arwrap_cpp.AutoregressiveWrapper(net)(torch.randint(0, V, (b, n + 1)))
-        loss.backward()
-        return collections.Counter(seen.values())
-
-    return count(2) - count(1)
+    """Every activation a layer keeps (3-D and 4-D: not the rotary tables or autocast's bf16 copies
+    of weights), dim 32, dim_head 24."""
+    return saved_per_layer(bf16, lambda t, rows: t.dim() >= 3 and t.numel() >= rows * 16, dim_head=24, **dkw)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -152,24 +149,25 @@ def test_a_layer_keeps_its_two_inputs_qkv_the_attention_output_and_the_pre_activ
                                  {"attn_qk_norm": True, "ff_glu": True}])
 def test_gradcheck_float64_every_layer_weight(dkw):
     # the norms' gammas (recomputed in the projections' and the feed-forward's backward), q, k,
-    # v, out and the feed-forward through the model operator, in float64
+    # v, out and the feed-forward
+    gradcheck_layer_weights(dkw, lambda n: n.startswith("attn_layers.layers."), 10, move_gammas=True)
+
+
+def test_create_graph_through_the_lean_blocks_is_refused_not_wrong(monkeypatch):
+    # their backward recomputes on detached leaves: a second derivative through it would be
+    # silently wrong, so it is refused by name; the plain composition (ARWRAP_LEAN_LAYERS=0)
+    # is twice differentiable and matches the lean first derivative
     torch.manual_seed(0)
     net = arwrap_cpp.TransformerWrapper(num_tokens=11, max_seq_len=8, attn_layers=arwrap_cpp.Decoder(
-        dim=8, depth=1, heads=2, attn_dim_head=4, ff_mult=1, **dkw)).double()
-    with torch.no_grad():  # gammas away from 1, so a wrong gamma gradient shows
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.3)
+        dim=8, depth=1, heads=2, attn_dim_head=4)).double()
     x = torch.randint(0, 11, (2, 6))
-    names = net._param_names
-    weights = [w.detach().requires_grad_() for w in net.weights()]
-    picked = [i for i, n in enumerate(names) if n.startswith("attn_layers.layers.")]
-    assert len(picked) == 10, names
-
-    def loss_of(*ws):
-        full = list(weights)
-        for i, w in zip(picked, ws):
-            full[i] = w
-        return torch.ops.arwrap.autoregressive_wrapper_loss(x, full, net.config, True, -100, 0, 0.0, None, True)[0]
-
-    assert torch.autograd.gradcheck(loss_of, [weights[i] for i in picked])
+    params = list(net.parameters())
+    loss = arwrap_cpp.AutoregressiveWrapper(net)(x)
+    with pytest.raises(RuntimeError, match="not twice differentiable.*ARWRAP_LEAN_LAYERS=0"):
+        torch.autograd.grad(loss, params, create_graph=True)
+    lean = torch.autograd.grad(arwrap_cpp.AutoregressiveWrapper(net)(x), params)
+    monkeypatch.setenv("ARWRAP_LEAN_LAYERS", "0")
+    grads = torch.autograd.grad(arwrap_cpp.AutoregressiveWrapper(net)(x), params, create_graph=True)
+    for a, b in zip(grads, lean):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads[0].requires_grad
