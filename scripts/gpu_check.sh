@@ -164,6 +164,13 @@ h = torch.randn(8, 16, device="cuda", requires_grad=True)
 W = torch.randn(1001, 16, device="cuda", requires_grad=True)
 arwrap_cpp.linear_cross_entropy(h, W, t).backward()
 inp, tgt, _ = arwrap_cpp.shift_tokens(torch.randint(0, 9, (2, 9), device="cuda"))
+q, k, v = (torch.randn(2, 3, 37, 64, device="cuda", requires_grad=True) for _ in range(3))
+o, lse = arwrap_cpp.attention(q, k, v, return_lse=True)
+ref = torch.nn.functional.scaled_dot_product_attention(q.detach().cpu().double(), k.detach().cpu().double(),
+                                                       v.detach().cpu().double(), is_causal=True)
+err = ((o.detach().cpu().double() - ref).norm() / ref.norm()).item()
+assert err < 1e-3, ("attention", err)
+o.sum().backward()
 torch.cuda.synchronize()
 print("smoke: ok", torch.cuda.get_device_name(0))
 EOF_PY

@@ -13,6 +13,7 @@
 #include "backend.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>  // at::NoGradGuard: torch 2.11 does not bring it in through ATen.h
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 

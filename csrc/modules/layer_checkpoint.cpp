@@ -22,7 +22,9 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include <memory>
 #include <mutex>
+#include <type_traits>
 
 namespace arwrap::layers {
 namespace {
@@ -88,6 +90,18 @@ void set_rng_state(const at::Device& device, const at::Tensor& state) {
 
 bool draws_random(const DecoderOptions& d, bool training) {
   return training && (d.attn_dropout() > 0 || d.ff_dropout() > 0);
+}
+
+// The owning pointer of an autograd node: std::shared_ptr up to torch 2.11 (the GPU machine's
+// torch), c10::intrusive_ptr in later releases (Node then derives from intrusive_ptr_target).
+// The branch not taken is never instantiated, since the condition depends on T.
+template <class T, class... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  } else {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  }
 }
 
 struct LayerRecompute : public torch::autograd::Node {
@@ -181,7 +195,7 @@ struct LayerRecompute : public torch::autograd::Node {
 at::Tensor checkpointed_decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
                                       const AttentionContext& ctx, bool training, at::Tensor* lse) {
   const std::vector<at::Tensor> weights = w.list();
-  auto node = c10::make_intrusive<LayerRecompute>(d, ctx, training, lse != nullptr);
+  auto node = make_node<LayerRecompute>(d, ctx, training, lse != nullptr);
   node->set_next_edges(torch::autograd::collect_next_edges(x, weights));
   node->autocast_ = autocast_now(x.device());
   if (draws_random(d, training)) node->rng_ = rng_state(x.device());
