@@ -1,5 +1,5 @@
 // The entry points of cross_entropy's five internal operators, written once for every
-// backend (CPU: cpu/cross_entropy_kernel.cpp, CUDA: cuda/cross_entropy_kernel.cu): the
+// backend (CPU: cpu/cross_entropy_kernel.cpp, CUDA: cuda/cross_entropy_kernel.cpp): the
 // argument checks, the output allocation and the in-place rules. A backend supplies
 // its row sweeps as static functions of a struct:
 //

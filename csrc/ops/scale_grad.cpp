@@ -2,7 +2,7 @@
 // tensor read where it lives. The fused cross-entropy's backward uses it to bring the
 // gradient its forward wrote (for an upstream gradient of 1) to the real upstream
 // gradient, in place: on a GPU the upstream gradient is a device tensor, and reading it
-// on the host would be a synchronisation, so the CUDA kernel (cuda/scale_grad_kernel.cu)
+// on the host would be a synchronisation, so the CUDA kernel (cuda/scale_grad_launch.cu)
 // reads it on the device and returns at once when it is 1 (the common `loss.backward()`),
 // leaving the buffer unread. The CPU kernel reads it directly. Internal (not
 // differentiable); a strided grad is scaled by at::mul_ (same result, no skip on CUDA).

@@ -1,5 +1,7 @@
-// CUDA kernels of the fused cross-entropy; the math is that of
-// ../cpu/cross_entropy_kernel.cpp. Per row z (length V) with target t, label
+// CUDA kernels of the fused cross-entropy and their launches; the operator's CUDA kernels,
+// with the argument checks and every error they raise, are cross_entropy_kernel.cpp (built by
+// the host compiler: no exception is thrown from, or through, code nvcc compiled; see
+// docs/cuda.md). The math is that of ../cpu/cross_entropy_kernel.cpp. Per row z (length V) with target t, label
 // smoothing eps and z-loss weight w:
 //   lse    = log sum_j exp(z_j) = m + log(s_excl + exp(z_t - m)),  m = max_j z_j,
 //            s_excl = sum_{j != t} exp(z_j - m)
@@ -20,21 +22,15 @@
 // Targets are validated first on the device, in the kernel that counts the
 // non-ignored targets: a bad target stops the kernel with a device-side assertion
 // (as ATen's nll_loss does), without a host synchronisation (../sync_checks.h). With
-// ARWRAP_SYNC_CHECKS=1 the first bad position is instead copied to the host (a sync)
-// and raised as an IndexError, before anything is written, so that error never
-// leaves logits half overwritten. The count stays on the device for the kernels;
+// ARWRAP_SYNC_CHECKS=1 the first bad position is instead kept on the device, and
+// cross_entropy_kernel.cpp copies it to the host (a sync) and raises an IndexError before
+// anything is written, so that error never leaves logits half overwritten. The count stays on the device for the kernels;
 // grad_loss is read on the device too.
-#include "../common.h"
-#include "../cross_entropy_entries.h"
-#include "../sync_checks.h"
+#include "cross_entropy_launch.h"
 #include "cross_entropy_rows.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -191,33 +187,6 @@ int row_threads(int64_t V, int vec) {
 
 unsigned row_blocks(int64_t N) { return static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 30)); }
 
-// Validates target (contiguous, on the device) and returns a 2-element int64
-// device tensor whose first element is the count of non-ignored targets. Without
-// ARWRAP_SYNC_CHECKS, nothing is copied to the host (a bad target asserts on the device).
-at::Tensor validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_index, cudaStream_t stream) {
-  at::Tensor status = at::empty({2}, target.options().dtype(at::kLong));
-  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
-  C10_CUDA_CHECK(cudaMemsetAsync(st, 0, sizeof(ull), stream));
-  C10_CUDA_CHECK(cudaMemsetAsync(st + 1, 0xff, sizeof(ull), stream));
-  const int64_t N = target.numel();
-  if (N == 0) return status;
-  const int64_t* tp = target.data_ptr<int64_t>();
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>((N + 255) / 256, 1024));
-  const bool on_host = host_checks(target);
-  validate_targets_kernel<<<blocks, 256, 0, stream>>>(tp, N, V, ignore_index, st, !on_host);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (!on_host) return status;
-  ull host[2];
-  c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
-  if (host[1] != kNoPosition) {
-    int64_t bad = 0;
-    c10::cuda::memcpy_and_sync(&bad, tp + host[1], sizeof(bad), cudaMemcpyDeviceToHost, stream);
-    TORCH_CHECK_INDEX(false, "cross_entropy: target must be in [0, ", V, ") or ignore_index (", ignore_index,
-                      "), got ", bad, " at flat position ", static_cast<int64_t>(host[1]));
-  }
-  return status;
-}
-
 // Logits with unit stride in the last dim and a RowIndex for them (a contiguous
 // copy when the strides need one).
 at::Tensor row_view(const at::Tensor& logits, RowIndex& rows) {
@@ -229,16 +198,26 @@ at::Tensor row_view(const at::Tensor& logits, RowIndex& rows) {
   return lg;
 }
 
-void check_cuda(const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.is_cuda(), "cross_entropy: expected CUDA tensors, got logits on ", logits.device());
+}  // namespace
+
+// (what each launch computes: cross_entropy_launch.h)
+cudaError_t launch_validate_targets(const at::Tensor& target, int64_t V, int64_t ignore_index,
+                                    const at::Tensor& status, bool device_assert) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
+  cudaError_t e = cudaMemsetAsync(st, 0, sizeof(ull), stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(st + 1, 0xff, sizeof(ull), stream);
+  const int64_t N = target.numel();
+  if (e != cudaSuccess || N == 0) return e;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((N + 255) / 256, 1024));
+  validate_targets_kernel<<<blocks, 256, 0, stream>>>(target.data_ptr<int64_t>(), N, V, ignore_index, st,
+                                                      device_assert);
+  return cudaGetLastError();
 }
 
-// Forward (and, when grad is given, the gradient for an upstream gradient of 1 on
-// the reduced loss, written into *grad, which may be logits itself).
-void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t ignore_index, Reduction reduction,
-                  double eps, double w, const at::Tensor& loss, const at::Tensor& lse, const at::Tensor* grad) {
-  check_cuda(logits);
-  const c10::cuda::CUDAGuard guard(logits.device());
+cudaError_t launch_ce_forward(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& status,
+                              int64_t ignore_index, Reduction reduction, double eps, double w, const at::Tensor& loss,
+                              const at::Tensor& lse, const at::Tensor* grad) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   RowIndex rows;
   const at::Tensor lg = row_view(logits, rows);
@@ -247,10 +226,9 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
   const at::Tensor g = grad == nullptr ? at::Tensor() : (in_place ? lg : *grad);
   RowIndex grad_rows;
   if (g.defined()) TORCH_INTERNAL_ASSERT(make_row_index(g, grad_rows) && g.stride(-1) == 1);
-  const at::Tensor target = target_in.contiguous();
   const int64_t V = lg.size(-1), N = target.numel();
-  const at::Tensor status = validate_targets(target, V, ignore_index, stream);
   const ull* count = reinterpret_cast<const ull*>(status.data_ptr<int64_t>());
+  cudaError_t err = cudaSuccess;
   const at::Tensor loss_rows =
       reduction == Reduction::None ? at::Tensor() : at::empty({N}, lse.options().dtype(at::kDouble));
   const auto red = static_cast<int64_t>(reduction);
@@ -272,26 +250,23 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& target_in, int64_t
             zp, rows, nullptr, grad_rows, target.data_ptr<int64_t>(), N, V, ignore_index, red, count, eps, w, lse_p,
             loss_p, rows_p);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      err = cudaGetLastError();
     }
-    if (reduction != Reduction::None) {
+    if (err == cudaSuccess && reduction != Reduction::None) {
       reduce_loss_kernel<A><<<1, 1024, 0, stream>>>(rows_p, N, red, count, loss.data_ptr<A>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      err = cudaGetLastError();
     }
   });
-  if (in_place && !lg.is_same(logits)) logits.copy_(lg);
+  if (err == cudaSuccess && in_place && !lg.is_same(logits)) logits.copy_(lg);
+  return err;
 }
 
 // Gradient from the saved lse into grad (which may be logits itself).
-void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits,
-                   const at::Tensor& target_in, const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction,
-                   double eps, double w, const at::Tensor& grad) {
-  // (the arguments are checked by the entry, cross_entropy_entries.h)
-  check_cuda(logits);
+cudaError_t launch_ce_backward(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                               const at::Tensor& logits, const at::Tensor& target, const at::Tensor& status,
+                               const at::Tensor& lse_in, int64_t ignore_index, Reduction reduction, double eps,
+                               double w, const at::Tensor& grad) {
   const bool has_glse = grad_lse.has_value() && grad_lse->defined();
-  TORCH_CHECK_VALUE(!has_glse || grad_lse->device() == logits.device(), "cross_entropy_backward: grad_lse (",
-                    has_glse ? grad_lse->device() : logits.device(), ") must be on ", logits.device());
-  const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   RowIndex rows;
   const at::Tensor lg = row_view(logits, rows);
@@ -299,14 +274,13 @@ void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>&
   const at::Tensor g = in_place ? lg : grad;
   RowIndex grad_rows;
   TORCH_INTERNAL_ASSERT(make_row_index(g, grad_rows) && g.stride(-1) == 1);
-  const at::Tensor target = target_in.contiguous();
   const at::Tensor lse = lse_in.contiguous();
   const at::Tensor gl = grad_loss.contiguous();
   const at::Tensor glse = has_glse ? grad_lse->contiguous() : at::Tensor();
   const int64_t V = lg.size(-1), N = target.numel();
-  const at::Tensor status = validate_targets(target, V, ignore_index, stream);
   const ull* count = reinterpret_cast<const ull*>(status.data_ptr<int64_t>());
-  if (N == 0) return;
+  if (N == 0) return cudaSuccess;
+  cudaError_t err = cudaSuccess;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lg.scalar_type(), "arwrap_cross_entropy_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
@@ -314,19 +288,10 @@ void backward_impl(const at::Tensor& grad_loss, const std::optional<at::Tensor>&
         lg.data_ptr<scalar_t>(), rows, g.data_ptr<scalar_t>(), grad_rows, target.data_ptr<int64_t>(), N, V,
         ignore_index, static_cast<int64_t>(reduction), count, gl.data_ptr<A>(), has_glse ? glse.data_ptr<A>() : nullptr,
         lse.data_ptr<A>(), eps, w);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    err = cudaGetLastError();
   });
-  if (in_place && !lg.is_same(logits)) logits.copy_(lg);
+  if (err == cudaSuccess && in_place && !lg.is_same(logits)) logits.copy_(lg);
+  return err;
 }
-
-struct CudaRows {
-  static at::Tensor empty_grad(const at::Tensor& logits) { return at::empty(logits.sizes(), logits.options()); }
-  static constexpr auto forward = &forward_impl;
-  static constexpr auto backward = &backward_impl;
-};
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(arwrap, CUDA, m) { register_cross_entropy_kernels<CudaRows>(m); }
 
 }  // namespace arwrap::ops::cuda

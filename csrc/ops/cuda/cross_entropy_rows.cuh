@@ -1,8 +1,8 @@
-// Device building blocks of the CUDA cross-entropy (cross_entropy_kernel.cu, the only
+// Device building blocks of the CUDA cross-entropy (cross_entropy_launch.cu, the only
 // file that includes this): the row index of logits (..., V) for any leading strides,
 // block reductions, the online softmax state, the 16-byte row sweeps (row_sweep.h: a
 // scalar head to the 16-byte boundary, then packs with 4 loads in flight per thread)
-// and the gradient of one row (the math at the top of cross_entropy_kernel.cu).
+// and the gradient of one row (the math at the top of cross_entropy_launch.cu).
 #pragma once
 
 #include "../common.h"

@@ -1,16 +1,15 @@
-// CUDA kernel of scale_grad_ (../scale_grad.cpp): grad *= *scale unless *scale == 1,
+// The CUDA kernel of scale_grad_ (../scale_grad.cpp) and its launch; the operator's CUDA
+// kernel, with its checks, is scale_grad_kernel.cpp (no exception is thrown from code nvcc
+// compiled; docs/cuda.md). The kernel: grad *= *scale unless *scale == 1,
 // the scale read on the device, so no host synchronisation. When it is 1 every block
 // returns after one 8-byte read: the cost is one launch, not a read and a write of the
 // buffer. Otherwise a grid-stride sweep reads and writes each element once (in the
 // accumulate type: float for bf16/fp16/float32, double for float64). Contiguous grad;
 // a strided one goes through at::mul_ (which always reads and writes it).
-#include "../common.h"
+#include "scale_grad_launch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -30,34 +29,26 @@ __global__ void __launch_bounds__(256) scale_unless_one_kernel(T* __restrict__ g
   }
 }
 
-void scale_grad_cuda(const at::Tensor& grad, const at::Tensor& scale) {
-  check_scale_grad_args(grad, scale);
-  TORCH_CHECK_VALUE(grad.is_cuda(), "scale_grad_: grad (", grad.device(), ") must be on a CUDA device");
-  if (!grad.is_contiguous()) {
-    grad.mul_(scale.reshape({}));
-    return;
-  }
+}  // namespace
+
+cudaError_t launch_scale_grad(const at::Tensor& grad, const at::Tensor& scale) {
   const int64_t n = grad.numel();
-  if (n == 0) return;
-  const c10::cuda::CUDAGuard guard(grad.device());
+  if (n == 0) return cudaSuccess;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto blocks = static_cast<unsigned>(std::clamp<int64_t>((n + 255) / 256, 1, int64_t{sms} * 8));
-  const at::Tensor sc = scale.contiguous();
+  cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "arwrap_scale_grad_cuda", [&] {
-    if (sc.scalar_type() == at::kFloat) {
+    if (scale.scalar_type() == at::kFloat) {
       scale_unless_one_kernel<scalar_t, float><<<blocks, 256, 0, stream>>>(grad.data_ptr<scalar_t>(), n,
-                                                                           sc.data_ptr<float>());
+                                                                           scale.data_ptr<float>());
     } else {
       scale_unless_one_kernel<scalar_t, double><<<blocks, 256, 0, stream>>>(grad.data_ptr<scalar_t>(), n,
-                                                                            sc.data_ptr<double>());
+                                                                            scale.data_ptr<double>());
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    err = cudaGetLastError();
   });
+  return err;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(arwrap, CUDA, m) { m.impl("scale_grad_", &scale_grad_cuda); }
 
 }  // namespace arwrap::ops::cuda

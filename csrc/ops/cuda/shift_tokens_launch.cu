@@ -1,4 +1,7 @@
-// CUDA kernel of shift_tokens; the semantics are those of ../cpu/shift_tokens_kernel.cpp:
+// The CUDA kernels of shift_tokens and their launches; the operator's CUDA kernel, with its
+// checks and every error it raises, is shift_tokens_kernel.cpp (a host-compiler translation
+// unit: no exception is thrown from, or through, code nvcc compiled; see docs/cuda.md).
+// The semantics are those of ../cpu/shift_tokens_kernel.cpp:
 //   target[i, j] = x[i, j + 1] if j + 1 < lens[i] else ignore_index
 //   input[i, j]  = pad_value if (j >= lens[i] or x[i, j] == ignore_index) else x[i, j]
 //   mask[i, :]   = false at the k = min(int(m * mask_prob), m - 1) positions in 1..m-1
@@ -7,31 +10,22 @@
 //                  also become mask_token_id.
 // Input and mask have m = n columns, or m = n + 1 with keep_last.
 // input/target: one elementwise kernel (reads x once, writes input and target once),
-// which also validates lens and the token ids inside lens. The mask: a stable
-// descending sort of noise[:, 1:] per row (equal noise keeps the lower position
-// first, as the CPU kernel's tie-break), the first k positions scattered to false.
-// Validation: by default a bad lens, token id or NaN noise fails a device-side
-// assertion, without a host synchronisation (../sync_checks.h); with
-// ARWRAP_SYNC_CHECKS=1 the results are flags on the device, checked on the host after
-// one small copy (a sync), with the same errors as the CPU kernel.
-#include "../common.h"
-#include "../sync_checks.h"
+// which also validates lens and the token ids inside lens. The keys of the mask's sort:
+// one elementwise kernel over noise, which also finds NaN.
+// Validation: with device_assert a bad lens, token id or NaN noise fails a device-side
+// assertion, without a host synchronisation (../sync_checks.h); without it, the results
+// are flags on the device, which shift_tokens_kernel.cpp reads on the host.
+#include "shift_tokens_launch.h"
 
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 namespace arwrap::ops::cuda {
 namespace {
 
 using ull = unsigned long long;
-constexpr ull kNoPosition = ~0ull;
 constexpr int kThreads = 256;
 
 // status[0]: first row with lens outside [0, n + 1]; status[1]: first flat position
@@ -89,81 +83,35 @@ unsigned blocks_for(int64_t total) {
   return static_cast<unsigned>(std::clamp<int64_t>((total + kThreads - 1) / kThreads, 1, 65536));
 }
 
-int64_t read_one(const int64_t* p, cudaStream_t stream) {
-  int64_t v = 0;
-  c10::cuda::memcpy_and_sync(&v, p, sizeof(v), cudaMemcpyDeviceToHost, stream);
-  return v;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> shift_tokens_cuda(
-    const at::Tensor& x_in, const std::optional<at::Tensor>& lens_in, const std::optional<at::Tensor>& noise_in,
-    int64_t ignore_index, int64_t pad_value, double mask_prob, std::optional<int64_t> mask_token_id,
-    bool keep_last) {
-  check_shift_tokens_args(x_in, lens_in, noise_in, mask_prob, mask_token_id, keep_last);
-  TORCH_CHECK_VALUE(x_in.is_cuda(), "shift_tokens: expected CUDA tensors, got x on ", x_in.device());
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  auto out = alloc_shift_tokens_outputs(x_in, mask_prob, keep_last);
-  const at::Tensor x = x_in.contiguous();
-  const int64_t b = x.size(0), n1 = x.size(1), m = input_columns(x_in, keep_last);
-  const bool has_lens = lens_in.has_value() && lens_in->defined();
-  const at::Tensor lens = has_lens ? lens_in->to(at::kLong).contiguous() : at::Tensor();
-  const int64_t k = num_masked(m, mask_prob);
-  if (b == 0) return {out.input, out.target, out.mask};
-
-  const bool on_host = host_checks(x);
-  at::Tensor status = at::empty({3}, x.options());
-  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
-  C10_CUDA_CHECK(cudaMemsetAsync(st, 0xff, 3 * sizeof(ull), stream));
-
-  shift_tokens_kernel<<<blocks_for(b * m), kThreads, 0, stream>>>(
-      x.data_ptr<int64_t>(), has_lens ? lens.data_ptr<int64_t>() : nullptr, b, n1, m, ignore_index, pad_value,
-      out.input.data_ptr<int64_t>(), out.target.data_ptr<int64_t>(), st, !on_host);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  at::Tensor keys;
-  if (mask_prob > 0.0) {
-    const at::Tensor noise = noise_in->contiguous();
-    if (k > 0) keys = at::empty({b, m - 1}, noise.options());
-    if (noise.scalar_type() == at::kFloat) {
-      noise_keys_kernel<float><<<blocks_for(b * m), kThreads, 0, stream>>>(
-          noise.data_ptr<float>(), b, m, keys.defined() ? keys.data_ptr<float>() : nullptr, st, !on_host);
-    } else {
-      noise_keys_kernel<double><<<blocks_for(b * m), kThreads, 0, stream>>>(
-          noise.data_ptr<double>(), b, m, keys.defined() ? keys.data_ptr<double>() : nullptr, st, !on_host);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-
-  ull host[3] = {kNoPosition, kNoPosition, kNoPosition};
-  if (on_host) c10::cuda::memcpy_and_sync(host, st, sizeof(host), cudaMemcpyDeviceToHost, stream);
-  if (host[0] != kNoPosition) {
-    const auto i = static_cast<int64_t>(host[0]);
-    TORCH_CHECK_VALUE(false, "shift_tokens: lens must be in [0, seq_len + 1] = [0, ", n1, "], got lens[", i,
-                      "] = ", read_one(lens.data_ptr<int64_t>() + i, stream));
-  }
-  if (host[1] != kNoPosition) {
-    const auto pos = static_cast<int64_t>(host[1]);
-    TORCH_CHECK_INDEX(false, "shift_tokens: x must hold token ids >= 0 (or ignore_index ", ignore_index, "), got ",
-                      read_one(x.data_ptr<int64_t>() + pos, stream), " at x[", pos / n1, ", ", pos % n1, "]");
-  }
-  TORCH_CHECK_VALUE(host[2] == kNoPosition, "shift_tokens: noise must not contain NaN");
-
-  if (mask_prob > 0.0) {
-    out.mask.fill_(true);
-    if (k > 0) {
-      // stable: among equal keys the lower position comes first
-      const at::Tensor order = std::get<1>(keys.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
-      const at::Tensor pos = order.narrow(1, 0, k).add(1);  // column j - 1 of keys is position j
-      out.mask.scatter_(1, pos, at::Scalar(false));
-      if (mask_token_id.has_value()) out.input.scatter_(1, pos, at::Scalar(*mask_token_id));
-    }
-  }
-  return {out.input, out.target, out.mask};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(arwrap, CUDA, m) { m.impl("shift_tokens", &shift_tokens_cuda); }
+cudaError_t launch_shift_tokens(const at::Tensor& x, const at::Tensor& lens, int64_t m, int64_t ignore_index,
+                         int64_t pad_value, const at::Tensor& input, const at::Tensor& target,
+                         const at::Tensor& status, bool device_assert) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t b = x.size(0), n1 = x.size(1);
+  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
+  const cudaError_t e = cudaMemsetAsync(st, 0xff, 3 * sizeof(ull), stream);  // "no position": -1 as int64
+  if (e != cudaSuccess) return e;
+  shift_tokens_kernel<<<blocks_for(b * m), kThreads, 0, stream>>>(
+      x.data_ptr<int64_t>(), lens.defined() ? lens.data_ptr<int64_t>() : nullptr, b, n1, m, ignore_index, pad_value,
+      input.data_ptr<int64_t>(), target.data_ptr<int64_t>(), st, device_assert);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_noise_keys(const at::Tensor& noise, const at::Tensor& keys, const at::Tensor& status,
+                       bool device_assert) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t b = noise.size(0), m = noise.size(1);
+  ull* st = reinterpret_cast<ull*>(status.data_ptr<int64_t>());
+  if (noise.scalar_type() == at::kFloat) {
+    noise_keys_kernel<float><<<blocks_for(b * m), kThreads, 0, stream>>>(
+        noise.data_ptr<float>(), b, m, keys.defined() ? keys.data_ptr<float>() : nullptr, st, device_assert);
+  } else {
+    noise_keys_kernel<double><<<blocks_for(b * m), kThreads, 0, stream>>>(
+        noise.data_ptr<double>(), b, m, keys.defined() ? keys.data_ptr<double>() : nullptr, st, device_assert);
+  }
+  return cudaGetLastError();
+}
 
 }  // namespace arwrap::ops::cuda
