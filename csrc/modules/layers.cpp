@@ -3,6 +3,7 @@
 
 #include "small_batch_linear.h"
 
+#include "../ops/detail.h"
 #include "../ops/low_precision_mm.h"
 
 #include <arwrap/ops.h>
@@ -248,12 +249,7 @@ at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const Decode
   if (!dropout && records(y, {w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b}))
     return lean_feed_forward(y, w, d);
   at::Tensor f = project(norm(y, w.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset()), w.ff_in_w, w.ff_in_b);
-  if (d.ff_glu()) {
-    auto parts = f.chunk(2, -1);
-    f = parts[0] * (d.ff_swish() ? at::silu(parts[1]) : at::gelu(parts[1]));
-  } else {
-    f = d.ff_swish() ? at::silu(f) : at::gelu(f);
-  }
+  f = ops::detail::activation(f, d.ff_glu(), d.ff_swish());  // GELU/SiLU or its GLU, with its own backward
   if (dropout) f = at::dropout(f, d.ff_dropout(), true);
   return project(f, w.ff_out_w, w.ff_out_b);
 }

@@ -2,8 +2,8 @@
 // GELU/SiLU (or its GLU), Linear, as one torch::autograd::Function that saves the block's input
 // y (the residual stream, which the layer keeps anyway), the pre-activation and nothing else; its
 // backward recomputes the norm's output (NormRecompute: norm() with recording, so the norm's
-// gradient is the composition's) and the activation's output (ATen element-wise ops, on every
-// device) instead of keeping them, so the block keeps (dim + inner) values per row where the
+// gradient is the composition's) and the activation's output (the activation operator: one fused pass on the CPU, ATen's
+// element-wise ops on CUDA) instead of keeping them, so the block keeps (dim + inner) values per row where the
 // composition of ATen ops keeps (3 dim + 2 inner).
 //
 // Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
@@ -12,6 +12,7 @@
 // (float32).
 #include "layers.h"
 
+#include "../ops/detail.h"
 #include "../ops/low_precision_mm.h"
 
 #include <ATen/ATen.h>
@@ -24,25 +25,19 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The activation of the pre-activation f (its GLU: the first half times act(second half)).
+// The activation of the pre-activation f (its GLU: the first half times act(second half)), by
+// the activation operator (ops/activation.cpp: one fused pass on the CPU), below autograd.
 at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
-  if (!glu) return swish ? at::silu(f) : at::gelu(f);
-  auto parts = f.chunk(2, -1);
-  return parts[0] * (swish ? at::silu(parts[1]) : at::gelu(parts[1]));
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  return ops::detail::activation(f, glu, swish);
 }
 
 // d loss / d f from d loss / d activate(f); without GLU in da's memory (da is consumed).
 at::Tensor activate_backward_(at::Tensor& da, const at::Tensor& f, bool glu, bool swish) {
-  auto act_bwd = [&](const at::Tensor& g, const at::Tensor& x) {
-    return swish ? at::silu_backward(g, x) : at::gelu_backward(g, x);
-  };
-  if (!glu) {
-    if (swish) return at::silu_backward_out(da, da, f);
-    return at::gelu_backward_out(da, da, f);
-  }
-  auto parts = f.chunk(2, -1);
-  const at::Tensor act = swish ? at::silu(parts[1]) : at::gelu(parts[1]);
-  return at::cat({da * act, act_bwd(da * parts[0], parts[1])}, -1);
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  if (glu) return ops::detail::activation_backward(da, f, true, swish);
+  ops::detail::activation_backward_(da, f, swish);
+  return da;
 }
 
 class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {

@@ -247,4 +247,39 @@ inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& scal
                     ") must be on grad's device (", grad.device(), ")");
 }
 
+// ---- activation (internal: the feed-forward's GELU/SiLU, or its GLU, with its backward)
+
+// f (..., w): w = 2 inner with glu (the value half first, the gate half second, as
+// x-transformers' GLU chunks it), inner without; returns inner. Floating point, any rank >= 1.
+inline int64_t check_activation_args(const char* op, const at::Tensor& f, bool glu) {
+  TORCH_CHECK_VALUE(f.dim() >= 1, op, ": f must have at least one dimension, got a scalar");
+  TORCH_CHECK_VALUE(f.scalar_type() == at::kFloat || f.scalar_type() == at::kBFloat16 ||
+                        f.scalar_type() == at::kDouble || f.scalar_type() == at::kHalf,
+                    op, ": f must be float32, bfloat16, float16 or float64, got ", f.scalar_type());
+  const int64_t w = f.size(-1);
+  TORCH_CHECK_VALUE(!glu || w % 2 == 0, op, ": with glu, f's last dimension (", w,
+                    ") must be even (the value half and the gate half)");
+  return glu ? w / 2 : w;
+}
+
+// The activation's output (..., inner), contiguous, in f's dtype.
+inline at::Tensor alloc_activation_output(const at::Tensor& f, int64_t inner) {
+  auto sizes = f.sizes().vec();
+  sizes.back() = inner;
+  return at::empty(sizes, f.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// grad (..., inner) of f (..., w): same leading sizes, dtype and device.
+inline void check_activation_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& f,
+                                           int64_t inner) {
+  auto want = f.sizes().vec();
+  want.back() = inner;
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(want), op, ": grad must have shape ", at::IntArrayRef(want),
+                    " (f's with the last dimension ", inner, "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.scalar_type() == f.scalar_type(), op, ": grad (", grad.scalar_type(),
+                    ") must have f's dtype (", f.scalar_type(), ")");
+  TORCH_CHECK_VALUE(grad.device() == f.device(), op, ": grad (", grad.device(), ") must be on f's device (",
+                    f.device(), ")");
+}
+
 }  // namespace arwrap::ops

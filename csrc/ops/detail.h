@@ -80,6 +80,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
     double scale, bool causal);
 
+// ---- activation.cpp (internal: GELU/SiLU or its GLU, the feed-forward's; the in-place
+// backward, without glu, writes d f over grad)
+at::Tensor activation(const at::Tensor& f, bool glu, bool swish);
+at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
+void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish);
+
 // ---- scale_grad.cpp (internal: grad *= scale in place unless scale is 1, scale read
 // where it lives; the fused backwards of cross_entropy and linear_cross_entropy)
 void scale_grad_(const at::Tensor& grad, const at::Tensor& scale);

@@ -243,6 +243,34 @@ def sample_inputs_attention(device, dtype=torch.float64):
         yield (q, k, v, mask, scale, causal)
 
 
+# ------------------------------------------------------------------ activation (internal)
+
+def reference_activation(f, glu, swish):
+    """GELU (erf) or SiLU of f, or x-transformers' GLU (value half times act(gate half)), in float64."""
+    f = f.double()
+    # GELU as x erfc(-x / sqrt 2) / 2: exact in both tails (x (1 + erf) / 2 is 0 below -8 in float64)
+    act = F.silu if swish else (lambda x: 0.5 * x * torch.special.erfc(-x * 0.5 ** 0.5))
+    if not glu:
+        return act(f)
+    a, g = f.chunk(2, -1)
+    return a * act(g)
+
+
+def sample_inputs_activation(device, dtype=torch.float64):
+    """(f, glu, swish): odd widths, one row, a rank-3 input, a strided one (a column slice)."""
+    g = torch.Generator().manual_seed(0)
+    for shape, glu, swish, strided in [
+        ((3, 7), False, False, False),
+        ((2, 5, 10), True, False, False),
+        ((1, 9), False, True, True),
+        ((4, 34), True, True, True),
+    ]:
+        x = 3 * torch.randn(*shape[:-1], shape[-1] + (3 if strided else 0), generator=g, dtype=torch.float64)
+        if strided:
+            x = x[..., 1:-2]
+        yield (x.to(device, dtype).detach().requires_grad_(True), glu, swish)
+
+
 # ------------------------------------------------------------------ the registry
 # operator -> (its reference, its sample_inputs, the dtype of the samples opcheck runs); the
 # checks every operator gets (test_op_samples.py) run over this table
@@ -252,4 +280,5 @@ OPERATORS = {
     "linear_cross_entropy": (reference_linear_cross_entropy, sample_inputs_linear_cross_entropy, torch.float32),
     "attention_lse": (reference_attention_lse, sample_inputs_attention_lse, torch.float32),
     "attention": (reference_attention, sample_inputs_attention, torch.float32),
+    "activation": (reference_activation, sample_inputs_activation, torch.float32),
 }

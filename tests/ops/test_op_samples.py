@@ -1,5 +1,5 @@
-"""The checks every public operator gets, on every sample of its ``sample_inputs`` and on
-every device (the CUDA variants are skipped without a GPU): the result and the gradients for a
+"""The checks every operator with a reference gets (the public ones and the internal
+activation), on every sample of its ``sample_inputs`` and on every device (the CUDA variants are skipped without a GPU): the result and the gradients for a
 random upstream gradient against its float64 reference, torch.library.opcheck, and
 torch.compile forward and backward. The operators, references and samples: op_references.py;
 the checks: op_checks.py. Each operator's own behaviour is tested in test_<operator>.py."""

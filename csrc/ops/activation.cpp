@@ -1,0 +1,47 @@
+// activation: the feed-forward's GELU (erf) or SiLU, or its GLU (x-transformers' GLU: the
+// first half of f times act of the second half), with its backward. Internal: the native
+// net's feed-forward blocks call it (modules/lean_feed_forward.cpp, modules/layers.cpp); on
+// the CPU one fused pass per direction in float32 and bfloat16 (cpu/activation_simd.inc),
+// where ATen's GLU backward makes four inner-wide temporaries and a concatenation.
+//
+//   activation(Tensor f, bool glu, bool swish) -> Tensor                     (..., inner)
+//   activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor   df, f's shape
+//   activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()        no glu: grad := df
+//
+// f (..., w) with w = inner, or 2 inner with glu. The in-place backward keeps the feed-forward
+// backward's peak at one inner-wide temporary (the step's peak memory is there).
+// This file: the schemas and the typed entries (detail::activation*). Kernels: cpu/, cuda/,
+// meta/activation_kernel.cpp; autograd/activation_kernel.cpp (the backward is not
+// differentiable again).
+#include "detail.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace arwrap::ops {
+namespace detail {
+
+at::Tensor activation(const at::Tensor& f, bool glu, bool swish) {
+  static const auto op = ARWRAP_TYPED_OP(activation);
+  return op.call(f, glu, swish);
+}
+
+at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+  static const auto op = ARWRAP_TYPED_OP(activation_backward);
+  return op.call(grad, f, glu, swish);
+}
+
+void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish) {
+  static const auto op = ARWRAP_TYPED_OP(activation_backward_);
+  op.call(grad, f, swish);
+}
+
+}  // namespace detail
+
+TORCH_LIBRARY_FRAGMENT(arwrap, m) {
+  m.def("activation(Tensor f, bool glu, bool swish) -> Tensor");
+  m.def("activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor");
+  m.def("activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()");
+}
+
+}  // namespace arwrap::ops
