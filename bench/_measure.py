@@ -199,7 +199,9 @@ def render_chart(json_path) -> None:
         return
     import json
 
-    if not isinstance(json.loads(Path(json_path).read_text()).get("results"), list):
+    payload = json.loads(Path(json_path).read_text())
+    rows = payload if isinstance(payload, list) else payload.get("results")  # bench_gpu.py writes a bare list
+    if not isinstance(rows, list):
         # compile.json and distributed.json keep their results by name: their tables are the record
         print(f"no chart for {json_path}: bench/plot_results.py draws a JSON whose 'results' is a list of rows",
               file=sys.stderr)

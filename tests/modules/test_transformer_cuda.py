@@ -15,7 +15,9 @@ def test_wrapper_on_cuda_matches_x_transformers():
     xt = pytest.importorskip("x_transformers")  # skipped, not an ImportError, without it (bench/wheels brings it)
     XT, Decoder, TransformerWrapper = xt.AutoregressiveWrapper, xt.Decoder, xt.TransformerWrapper
 
-    net = TransformerWrapper(num_tokens=101, max_seq_len=64, attn_layers=Decoder(dim=64, depth=2, heads=4)).cuda()
+    # x-transformers 2.31.10 runs the net on all seq_len + 1 tokens and drops the last logit, so
+    # its positional embedding must cover 65 (the H200 run failed on max_seq_len 64)
+    net = TransformerWrapper(num_tokens=101, max_seq_len=65, attn_layers=Decoder(dim=64, depth=2, heads=4)).cuda()
     x = torch.randint(0, 101, (4, 65), device="cuda")
     torch.manual_seed(0)
     a = XT(net, mask_prob=0.15)(x)
