@@ -13,8 +13,7 @@
 #endif
 
 #if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
+ARWRAP_TARGET_AVX512
 namespace arwrap::ops::cpu::attn::avx512 {
 #define ARWRAP_VEC 16
 #define ARWRAP_MR 12
@@ -22,7 +21,7 @@ namespace arwrap::ops::cpu::attn::avx512 {
 #undef ARWRAP_VEC
 #undef ARWRAP_MR
 }  // namespace arwrap::ops::cpu::attn::avx512
-#pragma GCC pop_options
+ARWRAP_TARGET_END
 
 // the same, with bfloat16 products on vdpbf16ps (attention_simd.inc, ARWRAP_BF16_DOT)
 #pragma GCC push_options
@@ -38,8 +37,7 @@ namespace arwrap::ops::cpu::attn::avx512bf16 {
 }  // namespace arwrap::ops::cpu::attn::avx512bf16
 #pragma GCC pop_options
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi2")
+ARWRAP_TARGET_AVX2
 namespace arwrap::ops::cpu::attn::avx2 {
 #define ARWRAP_VEC 8
 #define ARWRAP_MR 6
@@ -47,7 +45,7 @@ namespace arwrap::ops::cpu::attn::avx2 {
 #undef ARWRAP_VEC
 #undef ARWRAP_MR
 }  // namespace arwrap::ops::cpu::attn::avx2
-#pragma GCC pop_options
+ARWRAP_TARGET_END
 #endif
 
 namespace arwrap::ops::cpu::attn::base {

@@ -6,19 +6,17 @@
 #include <cstring>
 
 #if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
+ARWRAP_TARGET_AVX512
 namespace arwrap::ops::cpu::simd::avx512 {
 #include "softmax_simd.inc"
 }
-#pragma GCC pop_options
+ARWRAP_TARGET_END
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi2")
+ARWRAP_TARGET_AVX2
 namespace arwrap::ops::cpu::simd::avx2 {
 #include "softmax_simd.inc"
 }
-#pragma GCC pop_options
+ARWRAP_TARGET_END
 #endif
 
 namespace arwrap::ops::cpu::simd::base {

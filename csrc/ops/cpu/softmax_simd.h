@@ -11,6 +11,14 @@ namespace arwrap::ops::cpu::simd {
 enum class Isa { Base, Avx2, Avx512 };
 Isa isa();
 
+// The compiler targets of the per-ISA builds, named once for every *_simd.cpp (each build is
+// `ARWRAP_TARGET_AVX512 namespace ... { #include "..." } ARWRAP_TARGET_END`); they match the
+// features isa() checks.
+#define ARWRAP_TARGET_AVX512 \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2\")")
+#define ARWRAP_TARGET_AVX2 _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,bmi2\")")
+#define ARWRAP_TARGET_END _Pragma("GCC pop_options")
+
 struct Kernels {
   float (*max_of)(const float* x, long n);
   float (*sum_of)(const float* x, long n);
