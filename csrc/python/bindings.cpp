@@ -7,6 +7,7 @@
 #include <arwrap/corpus.h>
 
 #include "../modules/small_batch_linear.h"
+#include "../ops/cpu/attention_simd.h"
 #include "../ops/low_precision_mm.h"
 
 #include <torch/csrc/jit/api/module.h>
@@ -103,6 +104,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("lowp_gemm_upcasts", [](at::ScalarType dtype) {
     return arwrap::ops::lowp_gemm_upcasts(c10::DeviceType::CPU, dtype);
   }, "True when CPU GEMMs in dtype take the float32 route (csrc/ops/low_precision_mm.h)");
+  m.def("attention_cpu_kernel", [] { return std::string(arwrap::ops::cpu::attn::kernels().isa); },
+        "The build of the fused CPU attention this process runs (csrc/ops/cpu/attention_simd.h)");
   m.def("distributed_available", &arwrap::distributed::available,
         "True when libarwrap has arwrap::distributed on c10d/Gloo (arwrap-train data parallelism)");
 

@@ -40,6 +40,13 @@ def lowp_gemm_upcasts(dtype: torch.dtype = torch.bfloat16) -> bool:
     return bool(_C.lowp_gemm_upcasts(dtype))
 
 
+def attention_cpu_kernel() -> str:
+    """The build of the fused CPU attention this process runs, chosen once from the CPU's features:
+    ``"amx"`` (bfloat16 products on AMX tiles), ``"avx512_bf16"`` (on vdpbf16ps), ``"avx512"``,
+    ``"avx2"`` or ``"base"``; ARWRAP_CPU_ISA picks a lesser one (docs/python.md)."""
+    return str(_C.attention_cpu_kernel())
+
+
 def distributed_available() -> bool:
     """True when libarwrap was built with c10d/Gloo: arwrap-train and C++ programs run data-parallel
     under torchrun (needs gloo's headers at build time: apt-get install libgloo-dev)."""
@@ -62,5 +69,6 @@ __all__ = [
     "library_path",
     "built_with_cuda",
     "lowp_gemm_upcasts",
+    "attention_cpu_kernel",
     "distributed_available",
 ]

@@ -157,7 +157,7 @@ for shape in [(1, 2, 70, 75, 40), (2, 1, 5, 9, 16), (1, 1, 130, 130, 64), (1, 2,
     torch.testing.assert_close(lse.double(), r_lse, atol=1e-4, rtol=1e-5)
     assert all(cosine(a, b) > 0.999 for a, b in zip(grads, r_grads)), [cosine(a, b) for a, b in zip(grads, r_grads)]
     torch.save([out, *grads], {out_file!r} + "_" + "x".join(map(str, shape)))
-print("ok")
+print("ok", arwrap_cpp.attention_cpu_kernel())
 """
 
 
@@ -166,7 +166,7 @@ def run_isa(isa, tmp_path):
     r = subprocess.run([sys.executable, "-c", ISA_CHECK.format(here=HERE, out_file=out_file)],
                        env=dict(os.environ, ARWRAP_CPU_ISA=isa), capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
-    return out_file
+    return out_file, r.stdout.split()[-1]
 
 
 def cpu_flags():
@@ -177,12 +177,17 @@ def cpu_flags():
         return []
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512_bf16"])
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512_bf16", "amx"])
 def test_every_instruction_set_matches_float64(isa, tmp_path):
     """Each per-ISA build of the kernel (ARWRAP_CPU_ISA; one the CPU lacks falls back to the best it
     has), float32 against float64 and bfloat16 within its tolerance (avx512_bf16: the products on
-    vdpbf16ps, P and dS rounded to bfloat16)."""
-    run_isa(isa, tmp_path)
+    vdpbf16ps, amx: on AMX tiles; P and dS rounded to bfloat16 in both), and the build that ran is
+    the one asked for where the CPU has what it needs."""
+    _, kernel = run_isa(isa, tmp_path)
+    needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw"}, "avx512_bf16": {"avx512f", "avx512_bf16"},
+             "amx": {"avx512_bf16", "amx_bf16", "amx_tile"}}
+    if needs.get(isa, set()) <= set(cpu_flags()):
+        assert kernel == isa
 
 
 @pytest.mark.skipif("avx512_bf16" not in cpu_flags() or "avx512f" not in cpu_flags(),
@@ -190,10 +195,26 @@ def test_every_instruction_set_matches_float64(isa, tmp_path):
 def test_the_vdpbf16ps_path_runs_where_the_cpu_has_it(tmp_path):
     # its bfloat16 results differ from the plain AVX-512 build's (which keeps P and dS in
     # float32): proof that the dot-product kernel is the one that ran and passed above
-    plain, dot = run_isa("avx512", tmp_path), run_isa("avx512_bf16", tmp_path)
+    (plain, kernel), (dot, dot_kernel) = run_isa("avx512", tmp_path), run_isa("avx512_bf16", tmp_path)
+    assert (kernel, dot_kernel) == ("avx512", "avx512_bf16")
     shape = "1x1x130x130x64"
     a, b = torch.load(f"{plain}_{shape}"), torch.load(f"{dot}_{shape}")
     assert any(not torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not {"amx_bf16", "amx_tile", "avx512_bf16"} <= set(cpu_flags()),
+                    reason="needs a CPU with AMX (amx_bf16, amx_tile: the tile path)")
+def test_the_amx_path_runs_where_the_cpu_has_it(tmp_path):
+    # the default where the CPU has AMX (and passed the float64 check above); it rounds P and dS
+    # as the vdpbf16ps build does and, tdpbf16ps adding the pairs in the same order, gives the
+    # same bits on these shapes: the kernel's name is the proof of which ran
+    assert arwrap_cpp.attention_cpu_kernel() == "amx"
+    (amx, kernel), (dot, _) = run_isa("amx", tmp_path), run_isa("avx512_bf16", tmp_path)
+    assert kernel == "amx"
+    for shape in ("1x1x130x130x64", "1x2x97x101x33"):
+        a, b = torch.load(f"{dot}_{shape}"), torch.load(f"{amx}_{shape}")
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, atol=2e-2, rtol=2e-2)
 
 
 def test_gradcheck_float64():

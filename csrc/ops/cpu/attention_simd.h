@@ -1,6 +1,6 @@
 // The fused CPU attention of one (batch, head): forward and backward, float32 and bfloat16,
-// with run-time selection of the widest instruction set this CPU has (AVX-512 with or without
-// avx512_bf16, AVX2+FMA, or baseline), as softmax_simd.h does. The math and the blocking are in attention_simd.inc;
+// with run-time selection of the widest instruction set this CPU has (AVX-512 with AMX, with
+// avx512_bf16 or neither, AVX2+FMA, or baseline), as softmax_simd.h does. The math and the blocking are in attention_simd.inc;
 // the operator around it (checks, allocation, threads) is attention_kernel.cpp.
 // Deliberately free of torch headers.
 #pragma once
@@ -46,9 +46,10 @@ struct Kernels {
   const char* isa;
 };
 
-// Chosen once, on first use (ARWRAP_CPU_ISA=avx512|avx2|base forces a choice, as for softmax_simd;
-// with AVX-512, bfloat16 runs its products on vdpbf16ps where the CPU has avx512_bf16, isa
-// "avx512_bf16", unless ARWRAP_CPU_ISA=avx512).
+// Chosen once, on first use (ARWRAP_CPU_ISA=avx512|avx2|base forces a choice, as for softmax_simd).
+// With AVX-512, bfloat16 runs its products on AMX tiles where the CPU has amx-bf16 and the OS grants
+// the tile data (isa "amx"), else on vdpbf16ps where it has avx512_bf16 (isa "avx512_bf16");
+// ARWRAP_CPU_ISA=avx512_bf16 skips the AMX build, ARWRAP_CPU_ISA=avx512 both.
 const Kernels& kernels();
 
 }  // namespace arwrap::ops::cpu::attn
