@@ -25,13 +25,17 @@ SHAPES = {name: (c[3], HEADS, c[4] - 1, DIM_HEAD) for name, c in CONFIGS.items()
 SHAPES["T"] = (TRAINER[3], TRAINER_HEADS, TRAINER[4] - 1, DIM_HEAD)
 
 
+DEFAULT_OUT = str(HERE / "results" / "attention")
+
+
 def isa_note():
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
     except (OSError, IndexError):
         return "unknown"
     have = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return " ".join(have) or "no AVX"
+    import arwrap_cpp
+    return (" ".join(have) or "no AVX") + f"; arwrap's attention kernel: {arwrap_cpp.attention_cpu_kernel()}"
 
 
 def steps_for(shape, dtype):
@@ -68,7 +72,7 @@ def steps_for(shape, dtype):
 
 
 def main():
-    ap = bench_parser(__doc__, str(HERE / "results" / "attention"), repeats=5)
+    ap = bench_parser(__doc__, DEFAULT_OUT, repeats=5)
     ap.add_argument("--configs", default="A,B,T")
     ap.add_argument("--precisions", default="fp32,bf16")
     args = ap.parse_args()
@@ -98,7 +102,7 @@ def main():
         f"{args.threads} threads; CPU flags: {isa_note()}. {load_note(WATCH)}",
         "",
         "Command: `python bench/bench_attention.py --configs " + args.configs + " --precisions " + args.precisions +
-        f" --repeats {args.repeats}`",
+        f" --repeats {args.repeats}" + (f" --out {args.out}" if args.out != DEFAULT_OUT else "") + "`",
         "",
         "| config (b, h, n, d) | precision | arwrap ms | SDPA ms | arwrap vs SDPA | floor ms | arwrap / floor | "
         "SDPA / floor |",
