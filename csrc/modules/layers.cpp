@@ -156,16 +156,10 @@ Rotary rotary_tables(const TransformerWrapperOptions& o, int64_t offset, int64_t
   return r;
 }
 
-at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
-  const int64_t rot = rotary.cos.size(-1);
-  at::Tensor head = t.narrow(-1, 0, rot);
-  const auto sizes = head.sizes().vec();
-  auto pairs = head.reshape({-1, rot / 2, 2}).unbind(-1);
-  at::Tensor rotated = at::stack({-pairs[1], pairs[0]}, -1).reshape(sizes);
-  at::Tensor out = head * rotary.cos + rotated * rotary.sin;
-  if (rot == t.size(-1)) return out;
-  return at::cat({out, t.narrow(-1, rot, t.size(-1) - rot)}, -1);
-}
+// The rotary operator (ops/rotary.cpp: one fused pass per direction on the CPU, the ATen
+// composition elsewhere): t's dtype out (float32 tables: the products in float32, rounded once),
+// t's layout kept, so the heads stay a view of the projection's memory for the attention.
+at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) { return ops::detail::rotary(t, rotary.cos, rotary.sin); }
 
 bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
   if (!at::GradMode::is_enabled()) return false;

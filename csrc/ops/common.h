@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -280,6 +281,38 @@ inline void check_activation_backward_args(const char* op, const at::Tensor& gra
                     ") must have f's dtype (", f.scalar_type(), ")");
   TORCH_CHECK_VALUE(grad.device() == f.device(), op, ": grad (", grad.device(), ") must be on f's device (",
                     f.device(), ")");
+}
+
+// ---- rotary (internal: the rotary position embedding of q and k, with its backward)
+
+// t (..., m, d) and the tables cos, sin (m, rot): rot even, at most d; the tables float32 or t's
+// dtype, both alike, on t's device. Returns rot.
+inline int64_t check_rotary_args(const char* op, const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK_VALUE(t.dim() >= 2, op, ": t must be (..., seq, dim) with at least two dimensions, got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||
+                        t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf,
+                    op, ": t must be float32, bfloat16, float16 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(cos.dim() == 2 && sin.sizes() == cos.sizes(), op,
+                    ": cos and sin must be (seq, rotary_dim) tables of one shape, got ", cos.sizes(), " and ",
+                    sin.sizes());
+  const int64_t m = t.size(-2), d = t.size(-1), rot = cos.size(1);
+  TORCH_CHECK_VALUE(cos.size(0) == m, op, ": the tables have ", cos.size(0), " rows, t has ", m, " positions (dim -2)");
+  TORCH_CHECK_VALUE(rot % 2 == 0 && rot <= d, op, ": rotary_dim (the tables' width, ", rot,
+                    ") must be even and at most t's last dimension (", d, ")");
+  TORCH_CHECK_VALUE(cos.scalar_type() == sin.scalar_type() &&
+                        (cos.scalar_type() == at::kFloat || cos.scalar_type() == t.scalar_type()),
+                    op, ": cos and sin must both be float32 or t's dtype (", t.scalar_type(), "), got ",
+                    cos.scalar_type(), " and ", sin.scalar_type());
+  TORCH_CHECK_VALUE(cos.device() == t.device() && sin.device() == t.device(), op, ": cos and sin (", cos.device(),
+                    ", ", sin.device(), ") must be on t's device (", t.device(), ")");
+  return rot;
+}
+
+// The output: t's strides where its last dimension is contiguous (the heads of a projection stay a
+// view of (batch, seq, heads, dim) memory), else contiguous; t's dtype.
+inline at::Tensor alloc_rotary_output(const at::Tensor& t) {
+  if (t.stride(-1) == 1) return at::empty_like(t);
+  return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 }  // namespace arwrap::ops

@@ -86,6 +86,10 @@ at::Tensor activation(const at::Tensor& f, bool glu, bool swish);
 at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
 void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish);
 
+// ---- rotary.cpp (internal: the rotary embedding of q and k; its backward is the rotation by -angle)
+at::Tensor rotary(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin);
+at::Tensor rotary_backward(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin);
+
 // ---- scale_grad.cpp (internal: grad *= scale in place unless scale is 1, scale read
 // where it lives; the fused backwards of cross_entropy and linear_cross_entropy)
 void scale_grad_(const at::Tensor& grad, const at::Tensor& scale);

@@ -271,6 +271,41 @@ def sample_inputs_activation(device, dtype=torch.float64):
         yield (x.to(device, dtype).detach().requires_grad_(True), glu, swish)
 
 
+# ------------------------------------------------------------------ rotary (internal)
+
+def reference_rotary(t, cos, sin):
+    """x-transformers' rotary embedding in float64: t's first rot values as interleaved pairs
+    (x, y) -> (x cos - y sin, y cos + x sin) at each row's position (dim -2), the rest kept."""
+    t, cos, sin = t.double(), cos.double(), sin.double()
+    rot = cos.shape[-1]
+    head, tail = t[..., :rot], t[..., rot:]
+    x, y = head.unflatten(-1, (rot // 2, 2)).unbind(-1)
+    rotated = torch.stack([-y, x], -1).flatten(-2)
+    return torch.cat([head * cos + rotated * sin, tail], -1)
+
+
+def rotary_tables(m, rot, dtype=torch.float32, device="cpu", offset=0):
+    """x-transformers' tables: the angle of pair j at position p is p / 10000^(2j / rot), each
+    repeated for the pair's two values."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+    freqs = torch.outer(torch.arange(offset, offset + m, dtype=torch.float64), inv_freq).repeat_interleave(2, -1)
+    return freqs.cos().to(device, dtype), freqs.sin().to(device, dtype)
+
+
+def sample_inputs_rotary(device, dtype=torch.float64):
+    """(t, cos, sin): the heads of a projection (a strided view), a partial rotary width, one
+    position, a rank-2 input, odd sizes."""
+    g = torch.Generator().manual_seed(0)
+    for lead, m, d, rot, strided in [((2, 3), 5, 8, 8, True), ((1, 2), 7, 10, 6, False), ((3,), 1, 4, 2, False),
+                                     ((), 6, 12, 12, False)]:
+        if strided:  # (b, m, h, d) memory viewed as (b, h, m, d)
+            t = torch.randn(lead[0], m, lead[1], d, generator=g, dtype=torch.float64).transpose(1, 2)
+        else:
+            t = torch.randn(*lead, m, d, generator=g, dtype=torch.float64)
+        cos, sin = rotary_tables(m, rot, dtype, device, offset=3)
+        yield (t.to(device, dtype).detach().requires_grad_(True), cos, sin)
+
+
 # ------------------------------------------------------------------ the registry
 # operator -> (its reference, its sample_inputs, the dtype of the samples opcheck runs); the
 # checks every operator gets (test_op_samples.py) run over this table
@@ -281,4 +316,5 @@ OPERATORS = {
     "attention_lse": (reference_attention_lse, sample_inputs_attention_lse, torch.float32),
     "attention": (reference_attention, sample_inputs_attention, torch.float32),
     "activation": (reference_activation, sample_inputs_activation, torch.float32),
+    "rotary": (reference_rotary, sample_inputs_rotary, torch.float32),
 }

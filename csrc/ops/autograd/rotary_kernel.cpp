@@ -1,0 +1,70 @@
+// Autograd kernels of rotary and rotary_backward (../rotary.cpp): C++ torch::autograd::Functions
+// that save only the tables. rotary's backward is rotary_backward (the rotation by -angle), whose
+// own backward is rotary: both are linear in their tensor, so any order of derivative is exact.
+// The tables are constants: one that requires grad is refused (its gradient is not computed).
+#include "../detail.h"
+#include "function.h"
+
+namespace arwrap::ops::autograd {
+namespace {
+
+void check_constant_tables(const char* op, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK_VALUE(!cos.requires_grad() && !sin.requires_grad(), op,
+                    ": cos and sin are constant tables and get no gradient; pass them without requires_grad");
+}
+
+class RotaryBackwardFunction : public torch::autograd::Function<RotaryBackwardFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = detail::rotary_backward(grad, cos, sin);
+    }
+    ctx->save_for_backward({cos, sin});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {detail::rotary(grads[0], saved[0], saved[1]), at::Tensor(), at::Tensor()};
+  }
+};
+
+class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = detail::rotary(t, cos, sin);
+    }
+    ctx->save_for_backward({cos, sin});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {detail::rotary_backward(grads[0], saved[0], saved[1]), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor rotary_autograd(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
+  check_constant_tables("rotary", cos, sin);
+  return RotaryFunction::apply(t, cos, sin);
+}
+
+at::Tensor rotary_backward_autograd(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin) {
+  check_constant_tables("rotary_backward", cos, sin);
+  return RotaryBackwardFunction::apply(grad, cos, sin);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
+  m.impl("rotary", &rotary_autograd);
+  m.impl("rotary_backward", &rotary_backward_autograd);
+}
+
+}  // namespace arwrap::ops::autograd
