@@ -9,6 +9,8 @@
 // Peak extra memory: dH + dW (+ db) + one tile.
 #pragma once
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -18,12 +20,45 @@
 #include "common.h"
 #include "low_precision_mm.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
 
+// MKL's per-thread thread count, where torch's BLAS is MKL (libtorch_cpu exports it; its C name,
+// which mkl_service.h spells mkl_set_num_threads_local: the lower-case symbol is the Fortran one,
+// taking a pointer); null elsewhere.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
 namespace arwrap::ops {
+
+// Runs fn(r0, rows) over [0, M) so that a product written by rows does not depend on the thread
+// count: on the CPU, fixed blocks of rows (a function of M alone), one single-threaded GEMM each
+// over at::parallel_for. A multi-threaded BLAS may split the sum over K between its threads: MKL
+// on an Intel Sapphire Rapids host did for dH = Z W at (700 x 2053) @ (2053 x 96), whose last bits
+// then differed between 1 and 2 threads (tests/modules/test_determinism.py); and inside a parallel
+// region it still plans for its global thread count, so each block sets MKL's local count to 1.
+// Elsewhere (CUDA) fn runs once over all rows.
+template <class Fn>
+void for_row_blocks(const at::Tensor& like, int64_t M, Fn&& fn) {
+  if (!like.is_cpu() || M == 0) {
+    fn(int64_t{0}, M);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(64, ((M + 7) / 8 + 15) / 16 * 16);
+  const at::ThreadLocalState tls;  // the caller's dispatch state (below autograd, autocast) in every worker
+  at::parallel_for(0, (M + block - 1) / block, 1, [&](int64_t b, int64_t e) {
+    const at::ThreadLocalStateGuard guard(tls);
+    const int before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+    const int omp_before = omp_get_max_threads();  // oneDNN (bf16 products) plans by it
+    omp_set_num_threads(1);
+    for (int64_t i = b; i < e; ++i) fn(i * block, std::min(block, M - i * block));
+    omp_set_num_threads(omp_before);  // inline (one block, one thread) this is the caller's own setting
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(before);  // 0: the global count again
+  });
+}
 
 // Rows per tile, from the shapes: about a fifth of the gradient buffers (so the tile
 // never dominates memory), at least 256 rows: dW += Z^T H_t has K = R and reads and writes
@@ -73,35 +108,45 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
       const at::Tensor ht32 = up ? ht.to(at::kFloat) : at::Tensor();
       at::Tensor z = tile.narrow(0, 0, rr);
       at::Tensor z32 = up ? ztile.narrow(0, 0, rr) : at::Tensor();
-      if (up) {
-        if (has_bias) {
-          at::addmm_out(z32, b32, ht32, w32.t());
+      for_row_blocks(h, rr, [&](int64_t r, int64_t n) {
+        at::Tensor zb = z.narrow(0, r, n);
+        if (up) {
+          at::Tensor zb32 = z32.narrow(0, r, n);
+          if (has_bias) {
+            at::addmm_out(zb32, b32, ht32.narrow(0, r, n), w32.t());
+          } else {
+            at::mm_out(zb32, ht32.narrow(0, r, n), w32.t());
+          }
+          zb.copy_(zb32);
+        } else if (has_bias) {
+          at::addmm_out(zb, *bias, ht.narrow(0, r, n), wt);
         } else {
-          at::mm_out(z32, ht32, w32.t());
+          at::mm_out(zb, ht.narrow(0, r, n), wt);
         }
-        z.copy_(z32);
-      } else if (has_bias) {
-        at::addmm_out(z, *bias, ht, wt);
-      } else {
-        at::mm_out(z, ht, wt);
-      }
+      });
       rows(z, r0, rr);
       if (!any) continue;
       if (up) z32.copy_(z);  // the gradient over the logits, exact in float32
       if (g.hidden.defined()) {
         at::Tensor gh = g.hidden.narrow(0, r0, rr);
-        if (up) {
-          gh.copy_(at::mm(z32, w32));
-        } else {
-          at::mm_out(gh, z, weight);
-        }
+        for_row_blocks(h, rr, [&](int64_t r, int64_t n) {
+          at::Tensor ghb = gh.narrow(0, r, n);
+          if (up) {
+            ghb.copy_(at::mm(z32.narrow(0, r, n), w32));
+          } else {
+            at::mm_out(ghb, z.narrow(0, r, n), weight);
+          }
+        });
       }
       if (dw.defined()) {
-        if (up) {
-          dw.addmm_(z32.t(), ht32);
-        } else {
-          addmm_acc_(dw, z.t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
-        }
+        for_row_blocks(h, V, [&](int64_t r, int64_t n) {  // dW's rows: the vocabulary
+          at::Tensor dwb = dw.narrow(0, r, n);
+          if (up) {
+            dwb.addmm_(z32.narrow(1, r, n).t(), ht32);
+          } else {
+            addmm_acc_(dwb, z.narrow(1, r, n).t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
+          }
+        });
       }
       if (db.defined()) db.add_(z.sum(0, false, acc));
     }
