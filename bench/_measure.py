@@ -42,6 +42,20 @@ class CpuWatch:
 QUIET_SHARE = 0.05  # below this share of the CPU taken by other jobs, a run counts as on a quiet machine
 
 
+def cpu_note() -> str:
+    """The host's vector features that decide our kernels' speed (AVX2/FMA, AVX-512, avx512_bf16,
+    AMX) and the build of the fused attention that runs (arwrap_cpp.attention_cpu_kernel())."""
+    from pathlib import Path
+
+    import arwrap_cpp
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
+    except (OSError, IndexError):
+        flags = []
+    have = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (" ".join(have) or "no AVX") + f"; arwrap's attention kernel: {arwrap_cpp.attention_cpu_kernel()}"
+
+
 def load_note(watch: "CpuWatch") -> str:
     """One sentence on how busy the machine was while the benchmark ran (CpuWatch)."""
     share = watch.others_share()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import WATCH, bench_parser, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
+from _measure import WATCH, bench_parser, cpu_note, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
 
 from configs import CONFIGS, DIM_HEAD, HEADS, TRAINER, TRAINER_HEADS  # noqa: E402
 
@@ -26,16 +26,6 @@ SHAPES["T"] = (TRAINER[3], TRAINER_HEADS, TRAINER[4] - 1, DIM_HEAD)
 
 
 DEFAULT_OUT = str(HERE / "results" / "attention")
-
-
-def isa_note():
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
-    except (OSError, IndexError):
-        return "unknown"
-    have = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    import arwrap_cpp
-    return (" ".join(have) or "no AVX") + f"; arwrap's attention kernel: {arwrap_cpp.attention_cpu_kernel()}"
 
 
 def steps_for(shape, dtype):
@@ -99,7 +89,7 @@ def main():
     head = [
         "# Causal attention, forward + backward (bench/bench_attention.py)",
         "",
-        f"{args.threads} threads; CPU flags: {isa_note()}. {load_note(WATCH)}",
+        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
         "",
         "Command: `python bench/bench_attention.py --configs " + args.configs + " --precisions " + args.precisions +
         f" --repeats {args.repeats}" + (f" --out {args.out}" if args.out != DEFAULT_OUT else "") + "`",

@@ -1,0 +1,113 @@
+"""The rotary embedding of q (or k) alone, forward + backward, at the step configurations'
+attention shapes (the heads of a projection: a (b, h, n, d) view of (b, n, h, d) memory): the
+fused operator (torch.ops.arwrap.rotary, what the native net calls) against the ATen composition
+the net ran before (x-transformers' rotate_half: a reshape, a negation, a stack and two products),
+eager and under torch.compile, and the floor: the bytes a fused forward + backward must move
+(read t, write the output; read the upstream gradient, write d t) at the copy bandwidth
+measured in the same run. float32 tables, as the net builds them (under bf16 autocast q and k
+are bf16: the composition promotes to float32, the operator rounds to bf16 once). Round-robin
+in one process.
+
+    python bench/bench_rotary.py --configs A,B,T --precisions fp32,bf16 --repeats 15
+
+Writes bench/results/rotary.{md,json,png}.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import WATCH, bench_parser, cpu_note, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
+
+from configs import CONFIGS, DIM_HEAD, HEADS, TRAINER, TRAINER_HEADS  # noqa: E402
+
+# the step configurations' attention: (batch, heads, seq_len, dim_head)
+SHAPES = {name: (c[3], HEADS, c[4] - 1, DIM_HEAD) for name, c in CONFIGS.items() if name in ("A", "B")}
+SHAPES["T"] = (TRAINER[3], TRAINER_HEADS, TRAINER[4] - 1, DIM_HEAD)
+
+
+def steps_for(shape, dtype):
+    import torch
+
+    import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
+
+    b, h, n, d = shape
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(b, n, h * d, generator=g).view(b, n, h, d).transpose(1, 2).to(dtype).requires_grad_(True)
+    up = torch.randn(b, h, n, d, generator=g).to(dtype)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / d)
+    freqs = torch.outer(torch.arange(n).float(), inv_freq).repeat_interleave(2, -1)
+    cos, sin = freqs.cos(), freqs.sin()
+
+    def composed(x):
+        pairs = x.reshape(-1, d // 2, 2).unbind(-1)
+        rotated = torch.stack([-pairs[1], pairs[0]], -1).reshape(x.shape)
+        return x * cos + rotated * sin
+
+    compiled = torch.compile(composed)
+
+    def run(fn):
+        def step():
+            t.grad = None
+            out = fn(t)
+            out.backward(up.to(out.dtype))
+            return t.grad[0, 0, 0, 0].float()
+        return step
+
+    big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB, well past the caches
+    dst = torch.empty_like(big)
+    return {
+        "arwrap": run(lambda x: torch.ops.arwrap.rotary(x, cos, sin)),
+        "eager": run(composed),
+        "compiled": run(compiled),
+        "copy": lambda: dst.copy_(big)[0].float(),
+    }, 2 * big.numel(), 4 * t.numel() * t.element_size()
+
+
+def main():
+    ap = bench_parser(__doc__, str(HERE / "results" / "rotary"), repeats=7)
+    ap.add_argument("--configs", default="A,B,T")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results, lines = [], []
+    for cfg in args.configs.split(","):
+        for prec in args.precisions.split(","):
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[prec]
+            steps, copy_bytes, nbytes = steps_for(SHAPES[cfg], dtype)
+            r = round_robin(steps, args.repeats, label=f"{cfg} {prec}")
+            bw = copy_bytes / r["copy"]["time_s"]
+            floor = nbytes / bw
+            for name in ("arwrap", "eager", "compiled"):
+                results.append({"config": cfg, "precision": prec, "contender": name, "time_s": r[name]["time_s"],
+                                "peak_extra_bytes": peak_extra_bytes(steps[name]), "floor_time_s": floor,
+                                "bandwidth_gbs": bw / 1e9})
+            t = {n: r[n]["time_s"] for n in ("arwrap", "eager", "compiled")}
+            mem = {x["contender"]: x["peak_extra_bytes"] for x in results[-3:]}
+            best = min(t["eager"], t["compiled"])
+            lines.append(f"| {cfg} {SHAPES[cfg]} | {prec} | {t['arwrap'] * 1e3:.2f} | {t['eager'] * 1e3:.2f} | "
+                         f"{t['compiled'] * 1e3:.2f} | {best / t['arwrap']:.2f}x | "
+                         f"{floor * 1e3:.2f} ({nbytes / 1e6:.0f} MB at {bw / 1e9:.1f} GB/s) | "
+                         f"{t['arwrap'] / floor:.2f} | {mem['arwrap'] / 1e6:.0f} / {mem['eager'] / 1e6:.0f} / "
+                         f"{mem['compiled'] / 1e6:.0f} |")
+    head = [
+        "# The rotary embedding of q, forward + backward (bench/bench_rotary.py)",
+        "",
+        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
+        "",
+        "Command: `python bench/bench_rotary.py --configs " + args.configs + " --precisions " + args.precisions +
+        f" --repeats {args.repeats}`",
+        "",
+        "| config (b, h, n, d) | precision | arwrap ms | eager ms | compiled ms | arwrap vs best | floor ms | "
+        "arwrap / floor | peak extra MB (arwrap / eager / compiled) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+
+
+if __name__ == "__main__":
+    main()
