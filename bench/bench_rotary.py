@@ -21,11 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import WATCH, bench_parser, cpu_note, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
 
-from configs import CONFIGS, DIM_HEAD, HEADS, TRAINER, TRAINER_HEADS  # noqa: E402
-
-# the step configurations' attention: (batch, heads, seq_len, dim_head)
-SHAPES = {name: (c[3], HEADS, c[4] - 1, DIM_HEAD) for name, c in CONFIGS.items() if name in ("A", "B")}
-SHAPES["T"] = (TRAINER[3], TRAINER_HEADS, TRAINER[4] - 1, DIM_HEAD)
+from bench_attention import SHAPES  # noqa: E402  (the step configurations' (batch, heads, seq_len, dim_head))
 
 
 def steps_for(shape, dtype):

@@ -159,7 +159,9 @@ Rotary rotary_tables(const TransformerWrapperOptions& o, int64_t offset, int64_t
 // The rotary operator (ops/rotary.cpp: one fused pass per direction on the CPU, the ATen
 // composition elsewhere): t's dtype out (float32 tables: the products in float32, rounded once),
 // t's layout kept, so the heads stay a view of the projection's memory for the attention.
-at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) { return ops::detail::rotary(t, rotary.cos, rotary.sin); }
+at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
+  return ops::detail::rotary(t, rotary.cos, rotary.sin);
+}
 
 bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
   if (!at::GradMode::is_enabled()) return false;

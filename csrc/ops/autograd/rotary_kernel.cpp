@@ -13,32 +13,20 @@ void check_constant_tables(const char* op, const at::Tensor& cos, const at::Tens
                     ": cos and sin are constant tables and get no gradient; pass them without requires_grad");
 }
 
-class RotaryBackwardFunction : public torch::autograd::Function<RotaryBackwardFunction> {
+// The rotation by +angle (kBackward false: rotary) or by -angle (true: rotary_backward); each one's
+// backward is the other, applied to the incoming gradient with the saved tables.
+template <bool kBackward>
+class RotaryFunction : public torch::autograd::Function<RotaryFunction<kBackward>> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& cos,
-                            const at::Tensor& sin) {
-    at::Tensor out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = detail::rotary_backward(grad, cos, sin);
-    }
-    ctx->save_for_backward({cos, sin});
-    return out;
+  static at::Tensor rotate(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin, bool backward) {
+    return backward ? detail::rotary_backward(t, cos, sin) : detail::rotary(t, cos, sin);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    return {detail::rotary(grads[0], saved[0], saved[1]), at::Tensor(), at::Tensor()};
-  }
-};
-
-class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
- public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
     at::Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = detail::rotary(t, cos, sin);
+      out = rotate(t, cos, sin, kBackward);
     }
     ctx->save_for_backward({cos, sin});
     return out;
@@ -46,18 +34,18 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {detail::rotary_backward(grads[0], saved[0], saved[1]), at::Tensor(), at::Tensor()};
+    return {rotate(grads[0], saved[0], saved[1], !kBackward), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor rotary_autograd(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
   check_constant_tables("rotary", cos, sin);
-  return RotaryFunction::apply(t, cos, sin);
+  return RotaryFunction<false>::apply(t, cos, sin);
 }
 
 at::Tensor rotary_backward_autograd(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin) {
   check_constant_tables("rotary_backward", cos, sin);
-  return RotaryBackwardFunction::apply(grad, cos, sin);
+  return RotaryFunction<true>::apply(grad, cos, sin);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The fused CPU attention of one (batch, head): forward and backward, float32 and bfloat16,
 // with run-time selection of the widest instruction set this CPU has (AVX-512 with AMX, with
-// avx512_bf16 or neither, AVX2+FMA, or baseline), as softmax_simd.h does. The math and the blocking are in attention_simd.inc;
-// the operator around it (checks, allocation, threads) is attention_kernel.cpp.
+// avx512_bf16 or neither, AVX2+FMA, or baseline), as softmax_simd.h does. The math and the
+// blocking are in attention_simd.inc; the operator around it (checks, allocation, threads) is
+// attention_kernel.cpp.
 // Deliberately free of torch headers.
 #pragma once
 
