@@ -206,8 +206,8 @@ def test_the_vdpbf16ps_path_runs_where_the_cpu_has_it(tmp_path):
                     reason="needs a CPU with AMX (amx_bf16, amx_tile: the tile path)")
 def test_the_amx_path_runs_where_the_cpu_has_it(tmp_path):
     # the default where the CPU has AMX (and passed the float64 check above); it rounds P and dS
-    # as the vdpbf16ps build does and, tdpbf16ps adding the pairs in the same order, gives the
-    # same bits on these shapes: the kernel's name is the proof of which ran
+    # as the vdpbf16ps build does, within bfloat16's rounding of it (its forward's key blocks are
+    # wider: the online softmax rescales elsewhere); the kernel's name is the proof of which ran
     assert arwrap_cpp.attention_cpu_kernel() == "amx"
     (amx, kernel), (dot, _) = run_isa("amx", tmp_path), run_isa("avx512_bf16", tmp_path)
     assert kernel == "amx"
