@@ -34,6 +34,26 @@ extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace arwrap::ops {
 
+// One thread for the BLAS calls of this scope (MKL's local count; OpenMP's, which oneDNN plans
+// by), restored at its end, an exception included: run inline (one block, or one thread), the
+// OpenMP setting is the caller's own.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas()
+      : mkl_before_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0), omp_before_(omp_get_max_threads()) {
+    omp_set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    omp_set_num_threads(omp_before_);
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_before_);  // 0: the global count again
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int mkl_before_, omp_before_;
+};
+
 // Runs fn(r0, rows) over [0, M) so that a product written by rows does not depend on the thread
 // count: on the CPU, fixed blocks of rows (a function of M alone), one single-threaded GEMM each
 // over at::parallel_for. A multi-threaded BLAS may split the sum over K between its threads: MKL
@@ -51,12 +71,8 @@ void for_row_blocks(const at::Tensor& like, int64_t M, Fn&& fn) {
   const at::ThreadLocalState tls;  // the caller's dispatch state (below autograd, autocast) in every worker
   at::parallel_for(0, (M + block - 1) / block, 1, [&](int64_t b, int64_t e) {
     const at::ThreadLocalStateGuard guard(tls);
-    const int before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
-    const int omp_before = omp_get_max_threads();  // oneDNN (bf16 products) plans by it
-    omp_set_num_threads(1);
+    const SingleThreadedBlas one;
     for (int64_t i = b; i < e; ++i) fn(i * block, std::min(block, M - i * block));
-    omp_set_num_threads(omp_before);  // inline (one block, one thread) this is the caller's own setting
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(before);  // 0: the global count again
   });
 }
 

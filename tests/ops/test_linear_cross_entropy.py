@@ -343,3 +343,18 @@ def test_cuda_torch_has_the_low_precision_product_with_float32_output():
     acc = torch.ones(64, 48, device="cuda")
     torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     torch.testing.assert_close(acc, 1 + a.float() @ b.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [40, 700])
+def test_the_thread_count_is_the_callers_after_the_call(rows):
+    """The tile products run single-threaded in fixed row blocks (thread-count determinism); the
+    one-block case runs inline in the caller's thread: its OpenMP setting must come back."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        h, W, b, t = make((rows,), 24, 300, torch.float32)
+        h.requires_grad_(True)
+        arwrap_cpp.linear_cross_entropy(h, W, t, bias=b).backward()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
