@@ -248,15 +248,21 @@ inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& scal
                     ") must be on grad's device (", grad.device(), ")");
 }
 
+// The dtypes of the element-wise operators (activation, rotary): float32 and bfloat16 by their
+// fused CPU kernels, float16 and float64 by the ATen composition.
+inline void check_element_wise_dtype(const char* op, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                        x.scalar_type() == at::kDouble || x.scalar_type() == at::kHalf,
+                    op, ": ", name, " must be float32, bfloat16, float16 or float64, got ", x.scalar_type());
+}
+
 // ---- activation (internal: the feed-forward's GELU/SiLU, or its GLU, with its backward)
 
 // f (..., w): w = 2 inner with glu (the value half first, the gate half second, as
 // x-transformers' GLU chunks it), inner without; returns inner. Floating point, any rank >= 1.
 inline int64_t check_activation_args(const char* op, const at::Tensor& f, bool glu) {
   TORCH_CHECK_VALUE(f.dim() >= 1, op, ": f must have at least one dimension, got a scalar");
-  TORCH_CHECK_VALUE(f.scalar_type() == at::kFloat || f.scalar_type() == at::kBFloat16 ||
-                        f.scalar_type() == at::kDouble || f.scalar_type() == at::kHalf,
-                    op, ": f must be float32, bfloat16, float16 or float64, got ", f.scalar_type());
+  check_element_wise_dtype(op, "f", f);
   const int64_t w = f.size(-1);
   TORCH_CHECK_VALUE(!glu || w % 2 == 0, op, ": with glu, f's last dimension (", w,
                     ") must be even (the value half and the gate half)");
@@ -289,9 +295,7 @@ inline void check_activation_backward_args(const char* op, const at::Tensor& gra
 // dtype, both alike, on t's device. Returns rot.
 inline int64_t check_rotary_args(const char* op, const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK_VALUE(t.dim() >= 2, op, ": t must be (..., seq, dim) with at least two dimensions, got ", t.sizes());
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||
-                        t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf,
-                    op, ": t must be float32, bfloat16, float16 or float64, got ", t.scalar_type());
+  check_element_wise_dtype(op, "t", t);
   TORCH_CHECK_VALUE(cos.dim() == 2 && sin.sizes() == cos.sizes(), op,
                     ": cos and sin must be (seq, rotary_dim) tables of one shape, got ", cos.sizes(), " and ",
                     sin.sizes());

@@ -57,8 +57,8 @@ class SingleThreadedBlas {
 // Runs fn(r0, rows) over [0, M) so that a product written by rows does not depend on the thread
 // count: on the CPU, fixed blocks of rows (a function of M alone), one single-threaded GEMM each
 // over at::parallel_for. A multi-threaded BLAS may split the sum over K between its threads: MKL
-// on an Intel Sapphire Rapids host did for dH = Z W at (700 x 2053) @ (2053 x 96), whose last bits
-// then differed between 1 and 2 threads (tests/modules/test_determinism.py); and inside a parallel
+// on Intel Sapphire Rapids hosts does for dH = Z W at (700 x 2053) @ (2053 x 96), whose last bits
+// then differ between 1 and 2 threads (tests/modules/test_determinism.py); and inside a parallel
 // region it still plans for its global thread count, so each block sets MKL's local count to 1.
 // Elsewhere (CUDA) fn runs once over all rows.
 template <class Fn>

@@ -1,6 +1,6 @@
 // The rotary operator (rotary.cpp) as a composition of ATen operators: the reference path of the
 // CPU kernel (float64, so gradcheck runs, and float16) and the CUDA kernel (on every dtype), as
-// the native net computed it before the fused kernel (cpu/rotary_simd.inc computes the same).
+// x-transformers computes it (cpu/rotary_simd.inc computes the same).
 // Its result is t's dtype (the product with float32 tables computed in float32, rounded once).
 #pragma once
 

@@ -485,8 +485,8 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
 #ifdef SIGPIPE
   // A peer rank that dies closes its sockets: a write to them must be an error this rank reports
-  // (arwrap::distributed's, exit 1), not SIGPIPE ending it silently (exit by signal 13, seen when
-  // the peer was killed in the middle of a gradient all-reduce). Python ignores SIGPIPE too.
+  // (arwrap::distributed's, exit 1), not SIGPIPE ending it silently (exit by signal 13, when the
+  // peer dies in the middle of a gradient all-reduce). Python ignores SIGPIPE too.
   std::signal(SIGPIPE, SIG_IGN);
 #endif
   try {
