@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 #include <string_view>
+#include <tuple>
 
 namespace arwrap::ops {
 
@@ -317,6 +318,46 @@ inline int64_t check_rotary_args(const char* op, const at::Tensor& t, const at::
 inline at::Tensor alloc_rotary_output(const at::Tensor& t) {
   if (t.stride(-1) == 1) return at::empty_like(t);
   return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// ---- norm (internal: the native net's LayerNorm or RMSNorm times gamma, with its backward)
+
+// x (..., dim), dim > 0; gamma (dim,), float32 or x's dtype, on x's device; dtype (the output's,
+// x's when none) floating. Returns the output dtype.
+inline at::ScalarType check_norm_args(const char* op, const at::Tensor& x, const at::Tensor& gamma,
+                                      std::optional<at::ScalarType> dtype) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must be (..., dim) with at least one dimension, got a scalar");
+  check_element_wise_dtype(op, "x", x);
+  TORCH_CHECK_VALUE(x.size(-1) > 0, op, ": x's last dimension (dim) must not be empty, got ", x.sizes());
+  TORCH_CHECK_VALUE(gamma.dim() == 1 && gamma.size(0) == x.size(-1), op, ": gamma must be (dim,) = (", x.size(-1),
+                    ",), x's last dimension, got ", gamma.sizes());
+  TORCH_CHECK_VALUE(gamma.scalar_type() == at::kFloat || gamma.scalar_type() == x.scalar_type(), op,
+                    ": gamma must be float32 or x's dtype (", x.scalar_type(), "), got ", gamma.scalar_type());
+  TORCH_CHECK_VALUE(gamma.device() == x.device(), op, ": gamma (", gamma.device(), ") must be on x's device (",
+                    x.device(), ")");
+  const at::ScalarType out = dtype.value_or(x.scalar_type());
+  TORCH_CHECK_VALUE(out == at::kFloat || out == at::kBFloat16 || out == at::kDouble || out == at::kHalf, op,
+                    ": dtype must be float32, bfloat16, float16 or float64, got ", out);
+  return out;
+}
+
+// grad: d out, x's shape and device, any of the floating dtypes the output may have
+inline void check_norm_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& x,
+                                     const at::Tensor& gamma) {
+  check_norm_args(op, x, gamma, std::nullopt);
+  check_element_wise_dtype(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), op, ": grad must have x's shape ", x.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.device() == x.device(), op, ": grad (", grad.device(), ") must be on x's device (",
+                    x.device(), ")");
+}
+
+// The outputs: out (x's shape, contiguous, in dtype); d x (x's shape, contiguous, x's dtype) and
+// d gamma (gamma's shape and dtype)
+inline at::Tensor alloc_norm_output(const at::Tensor& x, at::ScalarType dtype) {
+  return at::empty(x.sizes(), x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
+}
+inline std::tuple<at::Tensor, at::Tensor> alloc_norm_grads(const at::Tensor& x, const at::Tensor& gamma) {
+  return {at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous)), at::empty_like(gamma)};
 }
 
 }  // namespace arwrap::ops

@@ -90,6 +90,13 @@ void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swis
 at::Tensor rotary(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor rotary_backward(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin);
 
+// ---- norm.cpp (internal: the native net's LayerNorm or RMSNorm times gamma, output in dtype
+// (x's when none); the backward recomputes the row statistics from x)
+at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                std::optional<at::ScalarType> dtype);
+std::tuple<at::Tensor, at::Tensor> norm_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& gamma,
+                                                 bool rms, bool unit_offset);
+
 // ---- scale_grad.cpp (internal: grad *= scale in place unless scale is 1, scale read
 // where it lives; the fused backwards of cross_entropy and linear_cross_entropy)
 void scale_grad_(const at::Tensor& grad, const at::Tensor& scale);

@@ -306,6 +306,38 @@ def sample_inputs_rotary(device, dtype=torch.float64):
         yield (t.to(device, dtype).detach().requires_grad_(True), cos, sin)
 
 
+# ------------------------------------------------------------------ norm (internal)
+
+def reference_norm(x, gamma, rms, unit_offset, dtype=None):
+    """x-transformers' LayerNorm (layer_norm without affine, eps 1e-5, times gamma) or RMSNorm
+    (F.normalize(x) * sqrt(dim) * g), gamma + 1 with unit_offset, in float64 (dtype: the
+    operator's output dtype, which the reference does not round to)."""
+    x, g = x.double(), gamma.double() + (1.0 if unit_offset else 0.0)
+    if rms:
+        return F.normalize(x, dim=-1) * x.shape[-1] ** 0.5 * g
+    return F.layer_norm(x, x.shape[-1:], eps=1e-5) * g
+
+
+def sample_inputs_norm(device, dtype=torch.float64):
+    """(x, gamma, rms, unit_offset, dtype): odd widths, one row, a rank-3 input, a strided one (a
+    column slice), a row of zeros (RMSNorm's clamp), an output dtype other than x's."""
+    g = torch.Generator().manual_seed(0)
+    for shape, rms, unit_offset, strided, zero_row, out in [
+        ((3, 7), False, False, False, False, None),
+        ((2, 5, 10), True, True, False, True, None),
+        ((1, 9), False, True, True, False, torch.float64 if dtype != torch.float64 else None),
+        ((4, 33), True, False, True, False, None),
+    ]:
+        x = 2 * torch.randn(*shape[:-1], shape[-1] + (3 if strided else 0), generator=g, dtype=torch.float64) + 0.5
+        if strided:
+            x = x[..., 1:-2]
+        if zero_row:
+            x[0, 0] = 0
+        gamma = torch.randn(shape[-1], generator=g, dtype=torch.float64)
+        yield (x.to(device, dtype).detach().requires_grad_(True), gamma.to(device, dtype).requires_grad_(True), rms,
+               unit_offset, out)
+
+
 # ------------------------------------------------------------------ the registry
 # operator -> (its reference, its sample_inputs, the dtype of the samples opcheck runs); the
 # checks every operator gets (test_op_samples.py) run over this table
@@ -317,4 +349,5 @@ OPERATORS = {
     "attention": (reference_attention, sample_inputs_attention, torch.float32),
     "activation": (reference_activation, sample_inputs_activation, torch.float32),
     "rotary": (reference_rotary, sample_inputs_rotary, torch.float32),
+    "norm": (reference_norm, sample_inputs_norm, torch.float32),
 }

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
 COLUMNS = ["operator", "schema + entry", "cpu", "cuda", "meta", "autograd", "python face", "tests"]
 PUBLIC = {"shift_tokens", "cross_entropy", "linear_cross_entropy", "attention_lse", "attention"}
-INTERNAL = {"scale_grad_", "activation", "rotary"}  # rows of their own, no Python face
+INTERNAL = {"scale_grad_", "activation", "rotary", "norm"}  # rows of their own, no Python face
 
 
 def operator_rows():
