@@ -135,13 +135,9 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
-at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset) {
-  const at::Tensor g = unit_offset ? gamma + 1.0 : gamma;
-  // normalise, then scale, as x-transformers does: layer_norm's fused affine backward
-  // reduces gamma's gradient in an order that depends on the thread count
-  if (!rms) return at::layer_norm(x, {x.size(-1)}, {}, {}, 1e-5) * g;
-  const at::Tensor n = at::linalg_vector_norm(x, 2, {-1}, true).clamp_min(1e-12);
-  return x / n * (g * std::sqrt(static_cast<double>(x.size(-1))));
+at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                std::optional<at::ScalarType> dtype) {
+  return ops::detail::norm(x, gamma, rms, unit_offset, dtype);
 }
 
 Rotary rotary_tables(const TransformerWrapperOptions& o, int64_t offset, int64_t length, const at::Tensor& like) {

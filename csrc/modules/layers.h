@@ -41,8 +41,10 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 at::ScalarType product_dtype(const at::Tensor& x);
 
 // LayerNorm (no affine, eps 1e-5) * gamma, or F.normalize(x) * sqrt(dim) * g; with
-// unit_offset the stored value is gamma - 1.
-at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset);
+// unit_offset the stored value is gamma - 1. The norm operator (ops/norm.cpp: one fused pass per
+// direction on the CPU), differentiable; its output in dtype (x's when none).
+at::Tensor norm(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                std::optional<at::ScalarType> dtype = std::nullopt);
 
 // cos/sin tables (positions offset .. offset + length, rotary_dim() columns) in x's dtype.
 struct Rotary {
@@ -100,13 +102,14 @@ bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights);
 // `block` and the way out (ARWRAP_LEAN_LAYERS=0), rather than giving a wrong second derivative.
 void check_not_twice_differentiated(const char* block);
 
-// norm(x, gamma) recomputed in a backward, with recording, on detached leaves x and gamma:
-// backward(dh) is (d x, d gamma) through norm() itself, the composition's gradient.
-struct NormRecompute {
-  at::Tensor x, gamma, h;
-  static NormRecompute run(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset);
-  std::pair<at::Tensor, at::Tensor> backward(const at::Tensor& dh) const;
-};
+// The lean blocks' norm, below autograd: its output in dtype (the blocks' forward, and its
+// recomputation in their backward: the same kernel, the same bits), and (d x, d gamma) from
+// d out in any floating dtype (the norm operator's backward, which recomputes the row
+// statistics from x).
+at::Tensor norm_values(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                       at::ScalarType dtype);
+std::pair<at::Tensor, at::Tensor> norm_grads(const at::Tensor& dh, const at::Tensor& x, const at::Tensor& gamma,
+                                             bool rms, bool unit_offset);
 
 // [h W_i^T for each weight] with h = norm(x, gamma), as one autograd function that saves x,
 // not h, and recomputes h in the backward (lean_projections.cpp). Products in autocast's dtype

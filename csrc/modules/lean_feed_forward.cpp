@@ -1,8 +1,8 @@
 // The feed-forward block with its own backward (layers.h, lean_feed_forward): the norm, Linear,
 // GELU/SiLU (or its GLU), Linear, as one torch::autograd::Function that saves the block's input
 // y (the residual stream, which the layer keeps anyway), the pre-activation and nothing else; its
-// backward recomputes the norm's output (NormRecompute: norm() with recording, so the norm's
-// gradient is the composition's) and the activation's output (the activation operator: one fused pass on the CPU, ATen's
+// backward recomputes the norm's output (norm_values: the norm operator, the forward's kernel;
+// its gradient from the operator's backward, norm_grads) and the activation's output (the activation operator: one fused pass on the CPU, ATen's
 // element-wise ops on CUDA) instead of keeping them, so the block keeps (dim + inner) values per row where the
 // composition of ATen ops keeps (3 dim + 2 inner).
 //
@@ -45,9 +45,8 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& w_in,
                             const at::Tensor& b_in, const at::Tensor& w_out, const at::Tensor& b_out, bool glu,
                             bool swish, bool rms, bool unit_offset) {
-    const at::Tensor h = norm(y, gamma, rms, unit_offset);
-    const at::ScalarType dt = product_dtype(h);
-    const at::Tensor hc = h.to(dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
+    const at::ScalarType dt = product_dtype(y);
+    const at::Tensor hc = norm_values(y, gamma, rms, unit_offset, dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
     // the products on the float32 route where ATen's low-precision CPU GEMM is slow (low_precision_mm.h)
     const at::Tensor f = ops::linear_lowp(hc, wi, bi);
     const at::Tensor out = ops::linear_lowp(activate(f, glu, swish), wo, bo);
@@ -75,14 +74,14 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     at::Tensor df = ops::mm_lowp(g, w_out.to(dt));  // d activation, made d pre-activation in place
     df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
-    const NormRecompute rec =
-        NormRecompute::run(y, gamma, ctx->saved_data["rms"].toBool(), ctx->saved_data["unit_offset"].toBool());
-    const at::Tensor h2 = rec.h.detach().to(dt).reshape({-1, D});  // the forward's normed input, again
+    const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
+    const at::Tensor h2 = norm_values(y, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
     const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());
     const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
-    at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(y.sizes()).to(rec.h.scalar_type());
+    // d h in the products' dtype: the norm's backward widens it as it reads (autocast's cast, exact)
+    const at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(y.sizes());
     df.reset();
-    const auto [d_y, d_gamma] = rec.backward(d_h);
+    const auto [d_y, d_gamma] = norm_grads(d_h, y, gamma, rms, unit_offset);
     return {d_y, d_gamma, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

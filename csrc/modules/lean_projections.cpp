@@ -3,8 +3,10 @@
 // (the residual stream, which the layer keeps regardless) and the weights, not the norm's
 // output. The ATen composition keeps the normalised x (for gamma's gradient) and the scaled one
 // (for the three products' weight gradients): two residual-shaped tensors per layer, float32
-// under autocast too. The backward recomputes the norm with recording (norm(), the one
-// definition) and back-propagates through it, so the norm's gradient is the composition's.
+// under autocast too. The norm is the norm operator (ops/norm.cpp), below autograd: its
+// forward writes the products' input in their dtype (autocast's cast fused into the pass), the
+// backward recomputes that input with the same kernel and takes (d x, d gamma) from the
+// operator's backward (norm_values, norm_grads: also the feed-forward block's).
 //
 // The products are the forward's (at::linear, on the float32 route of ops/low_precision_mm.h
 // where ATen's low-precision CPU GEMM is slow), in autocast's dtype under autocast: the same
@@ -13,6 +15,7 @@
 // heads' merge is a view, and the product saves that same storage.
 #include "layers.h"
 
+#include "../ops/detail.h"
 #include "../ops/low_precision_mm.h"
 
 #include <ATen/ATen.h>
@@ -28,18 +31,17 @@ void check_not_twice_differentiated(const char* block) {
               "differentiable");
 }
 
-NormRecompute NormRecompute::run(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset) {
-  at::AutoGradMode recording(true);
-  NormRecompute r;
-  r.x = x.detach().requires_grad_(true);
-  r.gamma = gamma.detach().requires_grad_(true);
-  r.h = norm(r.x, r.gamma, rms, unit_offset);
-  return r;
+at::Tensor norm_values(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
+                       at::ScalarType dtype) {
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  return ops::detail::norm(x, gamma, rms, unit_offset, dtype);
 }
 
-std::pair<at::Tensor, at::Tensor> NormRecompute::backward(const at::Tensor& dh) const {
-  const auto g = torch::autograd::grad({h}, {x, gamma}, {dh}, /*retain_graph=*/false, /*create_graph=*/false);
-  return {g[0], g[1]};
+std::pair<at::Tensor, at::Tensor> norm_grads(const at::Tensor& dh, const at::Tensor& x, const at::Tensor& gamma,
+                                             bool rms, bool unit_offset) {
+  const at::AutoDispatchBelowADInplaceOrView guard;
+  const auto [dx, dgamma] = ops::detail::norm_backward(dh, x, gamma, rms, unit_offset);
+  return {dx, dgamma};
 }
 
 namespace {
@@ -52,9 +54,8 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
   // weights: the products' weights (out_i, dim), no biases
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gamma,
                                at::TensorList weights, bool rms, bool unit_offset) {
-    const at::Tensor h = norm(x, gamma, rms, unit_offset);
-    const at::ScalarType dt = product_dtype(h);
-    const at::Tensor hc = h.to(dt);
+    const at::ScalarType dt = product_dtype(x);
+    const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt);  // in the products' dtype
     variable_list out;
     for (const at::Tensor& w : weights) out.push_back(ops::linear_lowp(hc, w.to(dt)));
     std::vector<at::Tensor> saved = {x, gamma};
@@ -71,11 +72,10 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &gamma = saved[1];
     const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
-    const NormRecompute rec =
-        NormRecompute::run(x, gamma, ctx->saved_data["rms"].toBool(), ctx->saved_data["unit_offset"].toBool());
+    const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
     const int64_t D = x.size(-1);
-    const at::Tensor hc = rec.h.detach().to(dt).reshape({-1, D});
-    at::Tensor dh;  // float32 (the norm's dtype), the products' input gradients summed
+    const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
+    at::Tensor dh;  // x's dtype (float32), the products' input gradients summed
     variable_list dweights;
     for (size_t i = 2; i < saved.size(); ++i) {
       const at::Tensor& w = saved[i];
@@ -86,12 +86,12 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
       }
       const at::Tensor g = gi.to(dt).reshape({-1, w.size(0)});
       dweights.push_back(ops::mm_lowp(g.t(), hc).to(w.scalar_type()));
-      const at::Tensor dhi = ops::mm_lowp(g, w.to(dt)).to(rec.h.scalar_type());
+      const at::Tensor dhi = ops::mm_lowp(g, w.to(dt)).to(x.scalar_type());
       dh = dh.defined() ? dh.add_(dhi) : dhi;
     }
     // one gradient per input: x, gamma, each weight of the list, then the two flags
     at::Tensor dx, dgamma;
-    if (dh.defined()) std::tie(dx, dgamma) = rec.backward(dh.view(x.sizes()));
+    if (dh.defined()) std::tie(dx, dgamma) = norm_grads(dh.view(x.sizes()), x, gamma, rms, unit_offset);
     variable_list out = {dx, dgamma};
     out.insert(out.end(), dweights.begin(), dweights.end());
     out.resize(out.size() + 2);
