@@ -72,7 +72,13 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::Tensor d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
     a.reset();
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
-    at::Tensor df = ops::mm_lowp(g, w_out.to(dt));  // d activation, made d pre-activation in place
+    // Under autocast w_out (dim, inner) is cast anyway: cast it into (inner, dim) memory, read
+    // transposed. oneDNN's bf16 product is faster with its second operand column-major here
+    // ((4096, 256) x (256, 1024): 0.99 ms against 1.33); float32's is not layout-sensitive.
+    const at::Tensor wo = dt == w_out.scalar_type()
+                              ? w_out
+                              : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
+    at::Tensor df = ops::mm_lowp(g, wo);  // d activation, made d pre-activation in place
     df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
     const at::Tensor h2 = norm_values(y, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
