@@ -2,9 +2,13 @@
 // GELU/SiLU (or its GLU), Linear, as one torch::autograd::Function that saves the block's input
 // y (the residual stream, which the layer keeps anyway), the pre-activation and nothing else; its
 // backward recomputes the norm's output (norm_values: the norm operator, the forward's kernel;
-// its gradient from the operator's backward, norm_grads) and the activation's output (the activation operator: one fused pass on the CPU, ATen's
-// element-wise ops on CUDA) instead of keeping them, so the block keeps (dim + inner) values per row where the
-// composition of ATen ops keeps (3 dim + 2 inner).
+// its gradient from the operator's backward, norm_grads) and the activation's output instead of
+// keeping them, so the block keeps (dim + inner) values per row where the composition of ATen
+// ops keeps (3 dim + 2 inner). Where the graph is not kept (no retain_graph), the activation's
+// output and d pre-activation come from one in-place pass (activation_backward_recompute_:
+// the output over d activation, d pre-activation over the pre-activation, which is this block's
+// alone), one exp per value where the recomputation and the backward were two passes; with
+// retain_graph the pre-activation stays intact and the two passes run.
 //
 // Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
 // normed input and the weights are cast to it (the same .to() autocast makes), the
@@ -18,6 +22,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 namespace arwrap::layers {
 namespace {
@@ -66,20 +71,34 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::ScalarType dt = f.scalar_type();
     const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = y.size(-1);
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
-    // the inner-width temporaries one at a time (each as large as the pre-activation; the
-    // backward of the last layer runs while every layer's saved tensors are alive: the step's peak)
-    at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});  // recomputed, not kept
-    const at::Tensor d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
-    a.reset();
-    const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // Under autocast w_out (dim, inner) is cast anyway: cast it into (inner, dim) memory, read
     // transposed. oneDNN's bf16 product is faster with its second operand column-major here
     // ((4096, 256) x (256, 1024): 0.99 ms against 1.33); float32's is not layout-sensitive.
     const at::Tensor wo = dt == w_out.scalar_type()
                               ? w_out
                               : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
-    at::Tensor df = ops::mm_lowp(g, wo);  // d activation, made d pre-activation in place
-    df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
+    const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
+    // One inner-wide temporary besides f (the backward of the last layer runs while every
+    // layer's saved tensors are alive: the step's peak).
+    at::Tensor d_w_out, df;
+    if (!torch::autograd::get_current_graph_task_keep_graph()) {
+      // The graph is freed after this backward, so f (ours alone) may be overwritten: one pass
+      // recomputes the activation's output over d activation and writes d f over f.
+      at::Tensor da = ops::mm_lowp(g, wo);
+      df = f.view({-1, f.size(-1)});
+      {
+        const at::AutoDispatchBelowADInplaceOrView guard;
+        ops::detail::activation_backward_recompute_(da, df, glu, swish);
+      }
+      d_w_out = ops::mm_lowp(g.t(), da).to(w_out.scalar_type());
+    } else {
+      // retain_graph: f stays as it is for the next backward; the output recomputed by itself
+      at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});
+      d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
+      a.reset();
+      df = ops::mm_lowp(g, wo);  // d activation, made d pre-activation in place
+      df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
+    }
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
     const at::Tensor h2 = norm_values(y, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
     const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());

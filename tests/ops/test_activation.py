@@ -1,7 +1,7 @@
 """activation, the feed-forward's GELU/SiLU (or its GLU) with its backward (internal; the fused
 CPU row kernels in float32 and bfloat16, the ATen composition in float64 and on CUDA): against
 float64 on odd shapes forward and backward, large and tiny inputs, strided inputs, the in-place
-backward, every instruction set, the same bits for 1 and 2 threads, gradcheck, bad input. The
+backward and the in-place backward that recomputes the output, every instruction set, the same bits for 1 and 2 threads, gradcheck, bad input. The
 shared sample checks (reference, opcheck, compile) run from test_op_samples.py."""
 import os
 import subprocess
@@ -100,6 +100,24 @@ def test_strided_inputs_give_the_contiguous_results(dtype):
     torch.testing.assert_close(g, want, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("glu, swish", KINDS)
+@pytest.mark.parametrize("shape, strided", [((3, 7), False), ((2, 5, 33), False), ((4, 1000), False), ((6, 20), True)])
+def test_backward_recompute_is_forward_then_backward_in_place(device, dtype, glu, swish, shape, strided):
+    """activation_backward_recompute_(grad, f): grad := activation(f), f := d f, the same bits as
+    the two operators (one pass; the lean feed-forward's backward), strided inputs included."""
+    f = inputs(shape, glu, dtype, device)
+    grad = inputs(shape, False, dtype, device, seed=1)
+    if strided:  # column-major memory
+        f, grad = f.t().contiguous().t(), grad.t().contiguous().t()
+    want_out, want_df = A.activation(f, glu, swish), A.activation_backward(grad, f, glu, swish)
+    g2, f2 = grad.clone(), f.clone()
+    A.activation_backward_recompute_(g2, f2, glu, swish)
+    assert g2.stride() == grad.stride() and f2.stride() == f.stride()
+    assert torch.equal(g2, want_out) and torch.equal(f2, want_df)
+
+
 def test_empty_and_zero_width():
     for shape in [(0, 8), (3, 0)]:
         f = torch.randn(*shape, requires_grad=True)
@@ -184,3 +202,5 @@ def test_bad_arguments_name_them(device):
         A.activation_backward(torch.randn(3, 6, dtype=torch.bfloat16, device=device), f, False, False)
     with pytest.raises(ValueError, match=r"activation_backward_: grad must have shape \[3, 6\]"):
         A.activation_backward_(torch.randn(3, 3, device=device), f, False)
+    with pytest.raises(ValueError, match=r"activation_backward_recompute_: grad must have shape \[3, 3\]"):
+        A.activation_backward_recompute_(torch.randn(3, 6, device=device), f.clone(), True, False)

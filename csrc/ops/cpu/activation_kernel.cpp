@@ -1,4 +1,4 @@
-// CPU kernels of activation, activation_backward and activation_backward_ (../activation.cpp):
+// CPU kernels of activation and its three backwards (../activation.cpp):
 // float32 and bfloat16 by the fused row kernels (activation_simd.inc, one read of each input
 // and one write of each output, rows over the threads); float64 and float16 by the ATen
 // composition (../activation_math.h). A non-contiguous input is made contiguous first.
@@ -89,12 +89,42 @@ void activation_backward_inplace_cpu(const at::Tensor& grad, const at::Tensor& f
   }
 }
 
+void activation_backward_recompute_cpu(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+  const int64_t inner = check_activation_args("activation_backward_recompute_", f, glu);
+  check_activation_backward_args("activation_backward_recompute_", grad, f, inner);
+  if (!fused(f)) {  // the composition, through temporaries
+    const at::Tensor out = math::activation(f, glu, swish), df = math::activation_backward(grad, f, glu, swish);
+    grad.copy_(out);
+    f.copy_(df);
+    return;
+  }
+  if (!grad.is_contiguous() || !f.is_contiguous()) {  // the fused pass on contiguous copies
+    const at::Tensor gc = grad.contiguous(), fc = f.contiguous();
+    activation_backward_recompute_cpu(gc, fc, glu, swish);
+    grad.copy_(gc);
+    f.copy_(fc);
+    return;
+  }
+  const int64_t rows = inner == 0 ? 0 : grad.numel() / inner, w = glu ? 2 * inner : inner;
+  auto run = [&](auto* g, auto* x, const auto& k) {
+    at::parallel_for(0, rows, grain(w), [&](int64_t b, int64_t e) {
+      k.backward_recompute(g + b * inner, x + b * w, e - b, inner, glu, swish);
+    });
+  };
+  if (f.scalar_type() == at::kFloat) {
+    run(grad.data_ptr<float>(), f.data_ptr<float>(), rows_of<float>());
+  } else {
+    run(static_cast<uint16_t*>(grad.data_ptr()), static_cast<uint16_t*>(f.data_ptr()), rows_of<uint16_t>());
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, CPU, m) {
   m.impl("activation", &activation_cpu);
   m.impl("activation_backward", &activation_backward_cpu);
   m.impl("activation_backward_", &activation_backward_inplace_cpu);
+  m.impl("activation_backward_recompute_", &activation_backward_recompute_cpu);
 }
 
 }  // namespace arwrap::ops::cpu

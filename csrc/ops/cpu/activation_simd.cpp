@@ -26,8 +26,11 @@ namespace arwrap::ops::cpu::simd {
 namespace {
 
 #define ARWRAP_ACTIVATION_KERNELS(ns, name)                                                     \
-  ActivationKernels{{&ns::activation_forward<float>, &ns::activation_backward<float>},           \
-                    {&ns::activation_forward<uint16_t>, &ns::activation_backward<uint16_t>}, name}
+  ActivationKernels{{&ns::activation_forward<float>, &ns::activation_backward<float>,             \
+                     &ns::activation_backward_recompute<float>},                                    \
+                    {&ns::activation_forward<uint16_t>, &ns::activation_backward<uint16_t>,         \
+                     &ns::activation_backward_recompute<uint16_t>},                                 \
+                    name}
 
 ActivationKernels pick() {
   switch (isa()) {

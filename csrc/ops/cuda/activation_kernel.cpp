@@ -1,5 +1,5 @@
-// CUDA kernels of activation, activation_backward and activation_backward_
-// (../activation.cpp): the ATen composition (../activation_math.h), which runs ATen's own
+// CUDA kernels of activation and its three backwards (activation_backward, activation_backward_,
+// activation_backward_recompute_; ../activation.cpp): the ATen composition (../activation_math.h), which runs ATen's own
 // CUDA element-wise kernels; no kernel of ours. A .cpp: it composes dispatched operators,
 // so it is compiled in every build. It has not yet run on a GPU (tests/ops/test_activation.py's
 // CUDA cases, marked cuda, skip without one).
@@ -29,12 +29,21 @@ void activation_backward_inplace_cuda(const at::Tensor& grad, const at::Tensor& 
   else at::gelu_backward_out(out, grad, f);
 }
 
+void activation_backward_recompute_cuda(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+  check_activation_backward_args("activation_backward_recompute_", grad, f,
+                                 check_activation_args("activation_backward_recompute_", f, glu));
+  const at::Tensor out = math::activation(f, glu, swish), df = math::activation_backward(grad, f, glu, swish);
+  grad.copy_(out);  // the schema's Tensor(a!) and Tensor(b!): written in place
+  f.copy_(df);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, CUDA, m) {
   m.impl("activation", &activation_cuda);
   m.impl("activation_backward", &activation_backward_cuda);
   m.impl("activation_backward_", &activation_backward_inplace_cuda);
+  m.impl("activation_backward_recompute_", &activation_backward_recompute_cuda);
 }
 
 }  // namespace arwrap::ops::cuda

@@ -1,5 +1,5 @@
-// Meta (shape-only) kernels of activation, activation_backward and activation_backward_
-// (../activation.cpp): the real kernels' checks and allocations, no data touched.
+// Meta (shape-only) kernels of activation and its three backwards (activation_backward, activation_backward_,
+// activation_backward_recompute_; ../activation.cpp): the real kernels' checks and allocations, no data touched.
 #include "../common.h"
 
 #include <torch/library.h>
@@ -21,12 +21,18 @@ void activation_backward_inplace_meta(const at::Tensor& grad, const at::Tensor& 
                                  check_activation_args("activation_backward_", f, false));
 }
 
+void activation_backward_recompute_meta(const at::Tensor& grad, const at::Tensor& f, bool glu, bool /*swish*/) {
+  check_activation_backward_args("activation_backward_recompute_", grad, f,
+                                 check_activation_args("activation_backward_recompute_", f, glu));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, Meta, m) {
   m.impl("activation", &activation_meta);
   m.impl("activation_backward", &activation_backward_meta);
   m.impl("activation_backward_", &activation_backward_inplace_meta);
+  m.impl("activation_backward_recompute_", &activation_backward_recompute_meta);
 }
 
 }  // namespace arwrap::ops::meta
