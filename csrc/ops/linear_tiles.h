@@ -104,7 +104,8 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
   const auto acc = low ? at::kFloat : h.scalar_type();
   LinearGrads g;
   if (need[0]) g.hidden = at::empty({N, D}, h.options());
-  at::Tensor dw = need[1] ? at::zeros({V, D}, h.options().dtype(acc)) : at::Tensor();
+  // d W: the first row tile writes it, the others add (no zero fill of a (V, D) buffer)
+  at::Tensor dw = need[1] ? at::empty({V, D}, h.options().dtype(acc)) : at::Tensor();
   at::Tensor db = need[2] && has_bias ? at::zeros({V}, h.options().dtype(acc)) : at::Tensor();
   const bool any = g.hidden.defined() || dw.defined() || db.defined();
   if (N > 0) {
@@ -155,18 +156,21 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
         });
       }
       if (dw.defined()) {
+        const bool first = r0 == 0;
         for_row_blocks(h, V, [&](int64_t r, int64_t n) {  // dW's rows: the vocabulary
           at::Tensor dwb = dw.narrow(0, r, n);
           if (up) {
-            dwb.addmm_(z32.narrow(1, r, n).t(), ht32);
+            if (first) at::mm_out(dwb, z32.narrow(1, r, n).t(), ht32);
+            else dwb.addmm_(z32.narrow(1, r, n).t(), ht32);
           } else {
-            addmm_acc_(dwb, z.narrow(1, r, n).t(), ht);  // bf16/fp16 x bf16/fp16 -> float32 where the backend can
+            addmm_acc_(dwb, z.narrow(1, r, n).t(), ht, first);  // into float32: low_precision_mm.h's routes
           }
         });
       }
       if (db.defined()) db.add_(z.sum(0, false, acc));
     }
   }
+  if (dw.defined() && N == 0) dw.zero_();  // no row tile wrote it
   if (dw.defined()) g.weight = dw.to(weight.scalar_type());
   if (db.defined()) g.bias = db.to(bias->scalar_type());
   return g;

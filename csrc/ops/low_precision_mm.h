@@ -67,23 +67,39 @@ inline at::Tensor linear_lowp(const at::Tensor& x, const at::Tensor& w, const at
       .to(x.scalar_type());
 }
 
-// out (float32) += a @ b, for a, b of one low-precision dtype (or out's dtype: plain addmm_).
-inline void addmm_acc_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+// out (float32) += a @ b (= a @ b with assign), for a, b of one low-precision dtype (or out's
+// dtype: plain addmm_ / mm_out). Routes, best first:
+//   - the backend's low-precision product with a float32 result (addmm.dtype_out: CUDA);
+//   - bf16 where the backend's bf16 product is fast but has no float32 result (the CPU's oneDNN
+//     refuses one): the bf16 product, float32 inside and rounded once, added in float32. Each
+//     call's sum is rounded once, as autocast's own product rounds its whole sum once; the
+//     float32 route below was 3-5x slower on AMX hosts (bench: C bf16's weight gradient);
+//   - the float32 product of the upcast operands (fp16, whose partial sums could overflow, and
+//     the hosts where the bf16 product takes the float32 route anyway: lowp_gemm_upcasts).
+inline void addmm_acc_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool assign = false) {
   if (!is_low_precision(a) || out.scalar_type() == a.scalar_type()) {
-    out.addmm_(a, b);
+    if (assign) at::mm_out(out, a, b);
+    else out.addmm_(a, b);
     return;
   }
   auto& state = low_precision_mm_state(LowPrecisionMmOp::Addmm, out.device().type());
   if (state.load(std::memory_order_relaxed) != 2) {
     try {
-      at::addmm_out(out, out, a, b, at::kFloat);
+      at::addmm_out(out, out, a, b, at::kFloat, assign ? 0 : 1);
       state.store(1, std::memory_order_relaxed);
       return;
     } catch (const c10::Error&) {  // no kernel for this backend, or its checks refuse a float32 self
       state.store(2, std::memory_order_relaxed);
     }
   }
-  out.addmm_(a.to(at::kFloat), b.to(at::kFloat));
+  if (a.scalar_type() == at::kBFloat16 && !lowp_gemm_upcasts(a)) {
+    const at::Tensor p = at::mm(a, b);
+    if (assign) out.copy_(p);
+    else out.add_(p);
+    return;
+  }
+  if (assign) at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+  else out.addmm_(a.to(at::kFloat), b.to(at::kFloat));
 }
 
 // Batched a @ b (3-D): float32 for low-precision a and b, else in their dtype.
