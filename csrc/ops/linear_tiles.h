@@ -18,6 +18,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "common.h"
+#include "cpu/huge_page_buffer.h"
 #include "low_precision_mm.h"
 
 #include <omp.h>
@@ -81,6 +82,11 @@ void for_row_blocks(const at::Tensor& like, int64_t M, Fn&& fn) {
 // all of dW per tile, so few rows make it memory-bound where D is small (N 4096, D 256,
 // V 32000, float32: 2.39 s with 64-row tiles, 1.76 s with 256, against 1.69-1.99 s for the
 // logits + cross_entropy; bench/results/fused_head.md).
+// An uninitialised buffer: on the CPU from cpu::empty_large (2 MiB pages from 16 MiB on).
+inline at::Tensor empty_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return options.device().is_cpu() ? cpu::empty_large(sizes, options) : at::empty(sizes, options);
+}
+
 inline int64_t linear_tile_rows(int64_t N, int64_t D, int64_t V, int64_t elem, int64_t max_rows) {
   const int64_t grads = (N * D + V * D) * elem;
   int64_t R = grads / 5 / std::max<int64_t>(V * elem, 1);
@@ -105,12 +111,14 @@ LinearGrads linear_tiles(const at::Tensor& h, const at::Tensor& weight, const st
   LinearGrads g;
   if (need[0]) g.hidden = at::empty({N, D}, h.options());
   // d W: the first row tile writes it, the others add (no zero fill of a (V, D) buffer)
-  at::Tensor dw = need[1] ? at::empty({V, D}, h.options().dtype(acc)) : at::Tensor();
+  // (on the CPU a large one on 2 MiB pages: cpu/huge_page_buffer.h; faulting in 4 KiB pages of
+  // a fresh (32000, 512) float32 buffer each step cost more than its products' share of a pass)
+  at::Tensor dw = need[1] ? empty_buffer({V, D}, h.options().dtype(acc)) : at::Tensor();
   at::Tensor db = need[2] && has_bias ? at::zeros({V}, h.options().dtype(acc)) : at::Tensor();
   const bool any = g.hidden.defined() || dw.defined() || db.defined();
   if (N > 0) {
     const int64_t R = linear_tile_rows(N, D, V, static_cast<int64_t>(h.element_size()), max_rows);
-    at::Tensor tile = at::empty({R, V}, h.options());
+    at::Tensor tile = empty_buffer({R, V}, h.options());
     // the float32 route of low_precision_mm.h: the weight (and bias) upcast once, each tile's
     // products in float32 (ztile), the logits and their gradient rounded to h's dtype in
     // between as the low-precision GEMM would; peak extra memory + weight and a tile in float32
