@@ -49,6 +49,11 @@ inline bool is_low_precision(const at::Tensor& t) {
 bool lowp_gemm_upcasts(c10::DeviceType device, at::ScalarType dtype);
 inline bool lowp_gemm_upcasts(const at::Tensor& t) { return lowp_gemm_upcasts(t.device().type(), t.scalar_type()); }
 
+// out (2-d float32, contiguous rows, CPU) += p (or = p with assign), p bf16 of out's shape,
+// contiguous: one pass, where ATen's mixed-dtype add_ casts p into a float32 temporary first
+// (cpu/low_precision_gemm.cpp).
+void add_bf16_(at::Tensor& out, const at::Tensor& p, bool assign);
+
 // a @ b in a's dtype (a, b of one dtype), on the float32 route where lowp_gemm_upcasts
 // (autocast kept out: the float32 product must not be lowered again).
 inline at::Tensor mm_lowp(const at::Tensor& a, const at::Tensor& b) {
@@ -94,8 +99,13 @@ inline void addmm_acc_(at::Tensor& out, const at::Tensor& a, const at::Tensor& b
   }
   if (a.scalar_type() == at::kBFloat16 && !lowp_gemm_upcasts(a)) {
     const at::Tensor p = at::mm(a, b);
-    if (assign) out.copy_(p);
-    else out.add_(p);
+    if (out.device().is_cpu() && out.dim() == 2 && out.stride(1) == 1 && p.is_contiguous()) {
+      add_bf16_(out, p, assign);
+    } else if (assign) {
+      out.copy_(p);
+    } else {
+      out.add_(p);
+    }
     return;
   }
   if (assign) at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));

@@ -1,6 +1,8 @@
-// Which CPUs take the float32 route for bf16/fp16 GEMMs (low_precision_mm.h says why).
+// Which CPUs take the float32 route for bf16/fp16 GEMMs (low_precision_mm.h says why), and the
+// float32 accumulation of a bf16 product on the CPU (add_bf16_).
 #include "../low_precision_mm.h"
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -55,6 +57,27 @@ bool lowp_gemm_upcasts(c10::DeviceType device, at::ScalarType dt) {
     return fp16;
   }
   return false;
+}
+
+void add_bf16_(at::Tensor& out, const at::Tensor& p, bool assign) {
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && p.scalar_type() == at::kBFloat16 &&
+                  out.dim() == 2 && p.sizes() == out.sizes() && out.stride(1) == 1 && p.is_contiguous(),
+              "add_bf16_: a 2-d float32 out with contiguous rows and a contiguous bf16 p of its shape");
+  const int64_t rows = out.size(0), cols = out.size(1), os = out.stride(0);
+  float* o = out.data_ptr<float>();
+  const uint16_t* q = static_cast<const uint16_t*>(p.const_data_ptr());
+  for (int64_t r = 0; r < rows; ++r) {
+    float* orow = o + r * os;
+    const uint16_t* prow = q + r * cols;
+    // bf16 widened exactly (its bits are float32's upper half); one add per value
+    if (assign) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) orow[j] = __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) orow[j] += __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
+    }
+  }
 }
 
 }  // namespace arwrap::ops
