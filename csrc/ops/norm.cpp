@@ -18,6 +18,10 @@
 //   LayerNorm: d x = rstd (u - mean(u) - x̂ mean(u x̂)),  u = d out g
 //   RMSNorm:   d x = (u - x̂ (u . x̂)) / max(|x|, 1e-12) (u / 1e-12 where |x| < 1e-12)
 //   d gamma = sum over rows of d out x̂ (sqrt(dim) more for RMSNorm)
+// A row whose sum of squares overflows float32 (values beyond ~1e19: a diverged run) is NaN in
+// the fused CPU kernel, forward and backward, where 1 / sqrt(inf) would make it a silent 0 with a
+// 0 gradient (ATen's layer_norm, and so the composition this operator runs on CUDA and in
+// float64/float16, gives that 0): the divergence shows in the loss.
 // d gamma is summed over fixed blocks of rows, then over the blocks in order: the same bits for
 // any thread count. This file: the schemas and the typed entries (detail::norm*). Kernels: cpu/,
 // cuda/, meta/norm_kernel.cpp; autograd/norm_kernel.cpp (twice differentiable through the ATen

@@ -124,6 +124,20 @@ def test_extreme_rows(rms):
     torch.testing.assert_close(dg.double(), rdg, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_whose_statistics_overflow_is_nan_not_a_silent_zero(rms, dtype):
+    """Values beyond ~1e19 (a diverged run): the sum of squares overflows float32, and
+    1 / sqrt(inf) would normalise the row to 0 with a 0 gradient (ATen's layer_norm does), which
+    hides the divergence; the row is NaN instead, forward and backward, the other rows untouched."""
+    x = torch.tensor([[1e20, -1e20, 3e19, 5.0], [1.0, 2.0, -3.0, 0.5]]).to(dtype)
+    gamma = torch.ones(4)
+    out = A.norm(x, gamma, rms, False)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
+    dx, dg = A.norm_backward(torch.ones_like(x), x, gamma, rms, False)
+    assert torch.isnan(dx[0]).all() and torch.isfinite(dx[1]).all() and torch.isnan(dg).all()
+
+
 def test_gradcheck_to_the_second_order_float64():
     x, gamma = inputs((3, 7), torch.float64)
     x.requires_grad_(True), gamma.requires_grad_(True)
