@@ -51,11 +51,18 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
                             const at::Tensor& b_in, const at::Tensor& w_out, const at::Tensor& b_out, bool glu,
                             bool swish, bool rms, bool unit_offset) {
     const at::ScalarType dt = product_dtype(y);
-    const at::Tensor hc = norm_values(y, gamma, rms, unit_offset, dt), wi = w_in.to(dt), bi = b_in.to(dt), wo = w_out.to(dt), bo = b_out.to(dt);
+    const at::Tensor hc = norm_values(y, gamma, rms, unit_offset, dt), wi = w_in.to(dt), bi = b_in.to(dt),
+                     bo = b_out.to(dt);
+    // Under autocast w_out (dim, inner) is cast into (inner, dim) memory: the forward reads it so
+    // as well, and the backward's d activation = g w_out reads it transposed, which oneDNN's bf16
+    // product does faster ((4096, 256) x (256, 1024): 0.99 ms against 1.33; float32's is not
+    // layout-sensitive). The casts are kept for the backward (a few MB; they were made again there).
+    const at::Tensor wo = dt == w_out.scalar_type() ? w_out
+                                                    : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
     // the products on the float32 route where ATen's low-precision CPU GEMM is slow (low_precision_mm.h)
     const at::Tensor f = ops::linear_lowp(hc, wi, bi);
     const at::Tensor out = ops::linear_lowp(activate(f, glu, swish), wo, bo);
-    ctx->save_for_backward({y, gamma, f, w_in, w_out});
+    ctx->save_for_backward({y, gamma, f, w_in, w_out, wi, wo});
     ctx->saved_data["glu"] = glu;
     ctx->saved_data["swish"] = swish;
     ctx->saved_data["rms"] = rms;
@@ -66,17 +73,12 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_not_twice_differentiated("feed-forward block");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4];
+    const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4],
+                     &wi = saved[5], &wo = saved[6];  // the products' weights, in their dtype
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
     const at::ScalarType dt = f.scalar_type();
     const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = y.size(-1);
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
-    // Under autocast w_out (dim, inner) is cast anyway: cast it into (inner, dim) memory, read
-    // transposed. oneDNN's bf16 product is faster with its second operand column-major here
-    // ((4096, 256) x (256, 1024): 0.99 ms against 1.33); float32's is not layout-sensitive.
-    const at::Tensor wo = dt == w_out.scalar_type()
-                              ? w_out
-                              : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // One inner-wide temporary besides f (the backward of the last layer runs while every
     // layer's saved tensors are alive: the step's peak).
@@ -104,7 +106,7 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());
     const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
     // d h in the products' dtype: the norm's backward widens it as it reads (autocast's cast, exact)
-    const at::Tensor d_h = ops::mm_lowp(df, w_in.to(dt)).view(y.sizes());
+    const at::Tensor d_h = ops::mm_lowp(df, wi).view(y.sizes());
     df.reset();
     const auto [d_y, d_gamma] = norm_grads(d_h, y, gamma, rms, unit_offset);
     return {d_y, d_gamma, d_w_in, d_b_in, d_w_out, d_b_out, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
