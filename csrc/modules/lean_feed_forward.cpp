@@ -4,11 +4,11 @@
 // backward recomputes the norm's output (norm_values: the norm operator, the forward's kernel;
 // its gradient from the operator's backward, norm_grads) and the activation's output instead of
 // keeping them, so the block keeps (dim + inner) values per row where the composition of ATen
-// ops keeps (3 dim + 2 inner). Where the graph is not kept (no retain_graph), the activation's
-// output and d pre-activation come from one in-place pass (activation_backward_recompute_:
-// the output over d activation, d pre-activation over the pre-activation, which is this block's
-// alone), one exp per value where the recomputation and the backward were two passes; with
-// retain_graph the pre-activation stays intact and the two passes run.
+// ops keeps (3 dim + 2 inner). The activation's output, d pre-activation and the first bias's
+// gradient come from one in-place pass (activation_backward_recompute_: the output over
+// d activation, d pre-activation over the pre-activation, which is this block's alone; with
+// retain_graph over a copy of it), one exp per value and no separate column sum, where the
+// recomputation, the backward and d bias were three passes.
 //
 // Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
 // normed input and the weights are cast to it (the same .to() autocast makes), the
@@ -35,14 +35,6 @@ using torch::autograd::variable_list;
 at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
   const at::AutoDispatchBelowADInplaceOrView guard;
   return ops::detail::activation(f, glu, swish);
-}
-
-// d loss / d f from d loss / d activate(f); without GLU in da's memory (da is consumed).
-at::Tensor activate_backward_(at::Tensor& da, const at::Tensor& f, bool glu, bool swish) {
-  const at::AutoDispatchBelowADInplaceOrView guard;
-  if (glu) return ops::detail::activation_backward(da, f, true, swish);
-  ops::detail::activation_backward_(da, f, swish);
-  return da;
 }
 
 class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
@@ -77,34 +69,28 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
                      &wi = saved[5], &wo = saved[6];  // the products' weights, in their dtype
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
     const at::ScalarType dt = f.scalar_type();
-    const int64_t inner = f.size(-1), out_dim = w_out.size(0), D = y.size(-1);
+    const int64_t out_dim = w_out.size(0), D = y.size(-1);
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // One inner-wide temporary besides f (the backward of the last layer runs while every
-    // layer's saved tensors are alive: the step's peak).
-    at::Tensor d_w_out, df;
-    if (!torch::autograd::get_current_graph_task_keep_graph()) {
-      // The graph is freed after this backward, so f (ours alone) may be overwritten: one pass
-      // recomputes the activation's output over d activation and writes d f over f.
-      at::Tensor da = ops::mm_lowp(g, wo);
-      df = f.view({-1, f.size(-1)});
-      {
-        const at::AutoDispatchBelowADInplaceOrView guard;
-        ops::detail::activation_backward_recompute_(da, df, glu, swish);
-      }
-      d_w_out = ops::mm_lowp(g.t(), da).to(w_out.scalar_type());
-    } else {
-      // retain_graph: f stays as it is for the next backward; the output recomputed by itself
-      at::Tensor a = activate(f, glu, swish).reshape({-1, w_out.size(1)});
-      d_w_out = ops::mm_lowp(g.t(), a).to(w_out.scalar_type());
-      a.reset();
-      df = ops::mm_lowp(g, wo);  // d activation, made d pre-activation in place
-      df = activate_backward_(df, f.reshape({-1, inner}), glu, swish);
+    // layer's saved tensors are alive: the step's peak). One pass recomputes the activation's output over d activation and writes d pre-activation
+    // over f, which is this block's alone: where the graph is freed after this backward, f
+    // itself; with retain_graph f must stay as it is for the next one, so a copy (one more
+    // inner-wide temporary, only then). The pass also sums d f over the rows: the bias gradient.
+    at::Tensor da = ops::mm_lowp(g, wo);
+    const int64_t w = f.size(-1);
+    at::Tensor df = torch::autograd::get_current_graph_task_keep_graph() ? f.reshape({-1, w}).clone()
+                                                                         : f.view({-1, w});
+    at::Tensor d_b_in;
+    {
+      const at::AutoDispatchBelowADInplaceOrView guard;
+      d_b_in = ops::detail::activation_backward_recompute_(da, df, glu, swish).to(w_in.scalar_type());
     }
+    const at::Tensor d_w_out = ops::mm_lowp(g.t(), da).to(w_out.scalar_type());
+    da.reset();
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
     const at::Tensor h2 = norm_values(y, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
     const at::Tensor d_w_in = ops::mm_lowp(df.t(), h2).to(w_in.scalar_type());
-    const at::Tensor d_b_in = df.sum(0).to(w_in.scalar_type());
     // d h in the products' dtype: the norm's backward widens it as it reads (autocast's cast, exact)
     const at::Tensor d_h = ops::mm_lowp(df, wi).view(y.sizes());
     df.reset();

@@ -7,8 +7,11 @@
 //   activation(Tensor f, bool glu, bool swish) -> Tensor                     (..., inner)
 //   activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor   df, f's shape
 //   activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()        no glu: grad := df
-//   activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> ()
-//                                   grad := activation(f) (the output, recomputed), f := df
+//   activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> Tensor
+//                                   grad := activation(f) (the output, recomputed), f := df;
+//                                   returns df summed over its rows in float32 (float64 for
+//                                   float64 f; the gradient of a bias added to f), over fixed
+//                                   blocks of rows, then in order
 //
 // f (..., w) with w = inner, or 2 inner with glu. The in-place backward keeps the feed-forward
 // backward's peak at one inner-wide temporary (the step's peak memory is there). The
@@ -42,9 +45,9 @@ void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swis
   op.call(grad, f, swish);
 }
 
-void activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+at::Tensor activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
   static const auto op = ARWRAP_TYPED_OP(activation_backward_recompute_);
-  op.call(grad, f, glu, swish);
+  return op.call(grad, f, glu, swish);
 }
 
 }  // namespace detail
@@ -53,7 +56,7 @@ TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def("activation(Tensor f, bool glu, bool swish) -> Tensor");
   m.def("activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor");
   m.def("activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()");
-  m.def("activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> ()");
+  m.def("activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> Tensor");
 }
 
 }  // namespace arwrap::ops

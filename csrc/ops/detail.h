@@ -85,8 +85,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
 at::Tensor activation(const at::Tensor& f, bool glu, bool swish);
 at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
 void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish);
-// grad := activation(f), f := d f (both in place; f's owner must need f no more)
-void activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
+// grad := activation(f), f := d f (both in place; f's owner must need f no more); returns d f
+// summed over its rows (float32, float64 for float64 f: the gradient of a bias added to f)
+at::Tensor activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
 
 // ---- rotary.cpp (internal: the rotary embedding of q and k; its backward is the rotation by -angle)
 at::Tensor rotary(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin);

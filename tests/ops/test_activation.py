@@ -106,16 +106,21 @@ def test_strided_inputs_give_the_contiguous_results(dtype):
 @pytest.mark.parametrize("shape, strided", [((3, 7), False), ((2, 5, 33), False), ((4, 1000), False), ((6, 20), True)])
 def test_backward_recompute_is_forward_then_backward_in_place(device, dtype, glu, swish, shape, strided):
     """activation_backward_recompute_(grad, f): grad := activation(f), f := d f, the same bits as
-    the two operators (one pass; the lean feed-forward's backward), strided inputs included."""
+    the two operators (one pass; the lean feed-forward's backward), strided inputs included, and
+    d f's column sums."""
     f = inputs(shape, glu, dtype, device)
     grad = inputs(shape, False, dtype, device, seed=1)
     if strided:  # column-major memory
         f, grad = f.t().contiguous().t(), grad.t().contiguous().t()
     want_out, want_df = A.activation(f, glu, swish), A.activation_backward(grad, f, glu, swish)
     g2, f2 = grad.clone(), f.clone()
-    A.activation_backward_recompute_(g2, f2, glu, swish)
+    col = A.activation_backward_recompute_(g2, f2, glu, swish)
     assert g2.stride() == grad.stride() and f2.stride() == f.stride()
     assert torch.equal(g2, want_out) and torch.equal(f2, want_df)
+    # and d f summed over the rows (the bias gradient), in float32, from the values as stored
+    assert col.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and col.shape == (f.shape[-1],)
+    want_col = want_df.double().reshape(-1, f.shape[-1]).sum(0)
+    torch.testing.assert_close(col.double(), want_col, atol=1e-5 * want_col.abs().max().item() + 1e-6, rtol=1e-5)
 
 
 def test_empty_and_zero_width():

@@ -9,6 +9,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace arwrap::ops::cpu {
 namespace {
 
@@ -89,26 +92,34 @@ void activation_backward_inplace_cpu(const at::Tensor& grad, const at::Tensor& f
   }
 }
 
-void activation_backward_recompute_cpu(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+at::Tensor activation_backward_recompute_cpu(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
   const int64_t inner = check_activation_args("activation_backward_recompute_", f, glu);
   check_activation_backward_args("activation_backward_recompute_", grad, f, inner);
+  const int64_t w = glu ? 2 * inner : inner;
   if (!fused(f)) {  // the composition, through temporaries
     const at::Tensor out = math::activation(f, glu, swish), df = math::activation_backward(grad, f, glu, swish);
     grad.copy_(out);
     f.copy_(df);
-    return;
+    return df.reshape({-1, w}).sum(0, false, f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   }
   if (!grad.is_contiguous() || !f.is_contiguous()) {  // the fused pass on contiguous copies
     const at::Tensor gc = grad.contiguous(), fc = f.contiguous();
-    activation_backward_recompute_cpu(gc, fc, glu, swish);
+    at::Tensor sum = activation_backward_recompute_cpu(gc, fc, glu, swish);
     grad.copy_(gc);
     f.copy_(fc);
-    return;
+    return sum;
   }
-  const int64_t rows = inner == 0 ? 0 : grad.numel() / inner, w = glu ? 2 * inner : inner;
+  // fixed blocks of rows, each summing its own d f partial, added in block order: the same bits
+  // for any thread count
+  constexpr int64_t kBlock = 64;
+  const int64_t rows = inner == 0 ? 0 : grad.numel() / inner, blocks = (rows + kBlock - 1) / kBlock;
+  std::vector<float> partial(static_cast<size_t>(blocks * w), 0.0f);
   auto run = [&](auto* g, auto* x, const auto& k) {
-    at::parallel_for(0, rows, grain(w), [&](int64_t b, int64_t e) {
-      k.backward_recompute(g + b * inner, x + b * w, e - b, inner, glu, swish);
+    at::parallel_for(0, blocks, std::max<int64_t>(1, grain(w) / kBlock), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t r0 = i * kBlock, n = std::min(kBlock, rows - r0);
+        k.backward_recompute(g + r0 * inner, x + r0 * w, partial.data() + i * w, n, inner, glu, swish);
+      }
     });
   };
   if (f.scalar_type() == at::kFloat) {
@@ -116,6 +127,11 @@ void activation_backward_recompute_cpu(const at::Tensor& grad, const at::Tensor&
   } else {
     run(static_cast<uint16_t*>(grad.data_ptr()), static_cast<uint16_t*>(f.data_ptr()), rows_of<uint16_t>());
   }
+  at::Tensor sum = at::zeros({w}, f.options().dtype(at::kFloat));
+  float* s = sum.data_ptr<float>();
+  for (int64_t i = 0; i < blocks; ++i)
+    for (int64_t j = 0; j < w; ++j) s[j] += partial[i * w + j];
+  return sum;
 }
 
 }  // namespace

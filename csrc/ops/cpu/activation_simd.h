@@ -12,12 +12,13 @@ namespace arwrap::ops::cpu::simd {
 // forward:  out = act(f), or f[:inner] * act(f[inner:]);                 out rows of inner
 // backward: df = grad * act'(f), or (grad * act(g), grad * a * act'(g));  df rows like f's
 // Without glu df may be grad itself (the in-place backward).
-// backward_recompute: both at once, in place: grad := forward(f), f := df.
+// backward_recompute: both at once, in place: grad := forward(f), f := df; df_sum (f's width,
+// float32) += df summed over these rows (the values as stored).
 template <class T>
 struct ActivationRows {
   void (*forward)(const T* f, T* out, long rows, long inner, bool glu, bool swish);
   void (*backward)(const T* grad, const T* f, T* df, long rows, long inner, bool glu, bool swish);
-  void (*backward_recompute)(T* grad, T* f, long rows, long inner, bool glu, bool swish);
+  void (*backward_recompute)(T* grad, T* f, float* df_sum, long rows, long inner, bool glu, bool swish);
 };
 
 struct ActivationKernels {

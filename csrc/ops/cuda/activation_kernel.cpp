@@ -29,12 +29,13 @@ void activation_backward_inplace_cuda(const at::Tensor& grad, const at::Tensor& 
   else at::gelu_backward_out(out, grad, f);
 }
 
-void activation_backward_recompute_cuda(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
+at::Tensor activation_backward_recompute_cuda(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
   check_activation_backward_args("activation_backward_recompute_", grad, f,
                                  check_activation_args("activation_backward_recompute_", f, glu));
   const at::Tensor out = math::activation(f, glu, swish), df = math::activation_backward(grad, f, glu, swish);
   grad.copy_(out);  // the schema's Tensor(a!) and Tensor(b!): written in place
   f.copy_(df);
+  return df.reshape({-1, f.size(-1)}).sum(0, false, f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
 }
 
 }  // namespace

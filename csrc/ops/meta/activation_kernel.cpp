@@ -21,9 +21,10 @@ void activation_backward_inplace_meta(const at::Tensor& grad, const at::Tensor& 
                                  check_activation_args("activation_backward_", f, false));
 }
 
-void activation_backward_recompute_meta(const at::Tensor& grad, const at::Tensor& f, bool glu, bool /*swish*/) {
+at::Tensor activation_backward_recompute_meta(const at::Tensor& grad, const at::Tensor& f, bool glu, bool /*swish*/) {
   check_activation_backward_args("activation_backward_recompute_", grad, f,
                                  check_activation_args("activation_backward_recompute_", f, glu));
+  return at::empty({f.size(-1)}, f.options().dtype(f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
 }
 
 }  // namespace
