@@ -37,6 +37,13 @@ at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
   return ops::detail::activation(f, glu, swish);
 }
 
+// w_out (dim, inner) in the products' dtype: under autocast cast into (inner, dim) memory, so
+// the backward's d activation = g w_out reads it transposed, which oneDNN's bf16 product does
+// faster ((4096, 256) x (256, 1024): 0.99 ms against 1.33); float32's is not layout-sensitive.
+at::Tensor cast_out_weight(const at::Tensor& w_out, at::ScalarType dt) {
+  return dt == w_out.scalar_type() ? w_out : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
+}
+
 class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& w_in,
@@ -45,16 +52,13 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::ScalarType dt = product_dtype(y);
     const at::Tensor hc = norm_values(y, gamma, rms, unit_offset, dt), wi = w_in.to(dt), bi = b_in.to(dt),
                      bo = b_out.to(dt);
-    // Under autocast w_out (dim, inner) is cast into (inner, dim) memory: the forward reads it so
-    // as well, and the backward's d activation = g w_out reads it transposed, which oneDNN's bf16
-    // product does faster ((4096, 256) x (256, 1024): 0.99 ms against 1.33; float32's is not
-    // layout-sensitive). The casts are kept for the backward (a few MB; they were made again there).
-    const at::Tensor wo = dt == w_out.scalar_type() ? w_out
-                                                    : w_out.t().to(dt, false, false, at::MemoryFormat::Contiguous).t();
+    const at::Tensor wo = cast_out_weight(w_out, dt);
     // the products on the float32 route where ATen's low-precision CPU GEMM is slow (low_precision_mm.h)
     const at::Tensor f = ops::linear_lowp(hc, wi, bi);
     const at::Tensor out = ops::linear_lowp(activate(f, glu, swish), wo, bo);
-    ctx->save_for_backward({y, gamma, f, w_in, w_out, wi, wo});
+    // the weights' casts are made again in the backward: kept, they cost more memory (A bf16: 29 MB
+    // of a 363 MB peak) than their making costs time (about 1% of T's bf16 step)
+    ctx->save_for_backward({y, gamma, f, w_in, w_out});
     ctx->saved_data["glu"] = glu;
     ctx->saved_data["swish"] = swish;
     ctx->saved_data["rms"] = rms;
@@ -65,11 +69,11 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_not_twice_differentiated("feed-forward block");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4],
-                     &wi = saved[5], &wo = saved[6];  // the products' weights, in their dtype
+    const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4];
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
     const at::ScalarType dt = f.scalar_type();
     const int64_t out_dim = w_out.size(0), D = y.size(-1);
+    const at::Tensor wi = w_in.to(dt), wo = cast_out_weight(w_out, dt);  // the products' weights
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // One inner-wide temporary besides f (the backward of the last layer runs while every

@@ -57,12 +57,10 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const at::ScalarType dt = product_dtype(x);
     const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt);  // in the products' dtype
     variable_list out;
+    for (const at::Tensor& w : weights) out.push_back(ops::linear_lowp(hc, w.to(dt)));
+    // the weights, not their casts (made again in the backward: memory before a cast's time)
     std::vector<at::Tensor> saved = {x, gamma};
-    for (const at::Tensor& w : weights) {
-      saved.push_back(w.to(dt));  // kept in the products' dtype (a cast the backward would make again)
-      out.push_back(ops::linear_lowp(hc, saved.back()));
-    }
-    saved.insert(saved.end(), weights.begin(), weights.end());  // for the gradients' dtype
+    saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["rms"] = rms;
     ctx->saved_data["unit_offset"] = unit_offset;
@@ -80,9 +78,8 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
     at::Tensor dh;  // x's dtype (float32), the products' input gradients summed
     variable_list dweights;
-    const size_t n = (saved.size() - 2) / 2;  // saved: x, gamma, the weights cast, the weights
-    for (size_t i = 0; i < n; ++i) {
-      const at::Tensor &wc = saved[2 + i], &w = saved[2 + n + i];
+    for (size_t i = 0; i + 2 < saved.size(); ++i) {
+      const at::Tensor& w = saved[2 + i];
       const at::Tensor& gi = grads[i];
       if (!gi.defined()) {
         dweights.emplace_back();
@@ -90,7 +87,7 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
       }
       const at::Tensor g = gi.to(dt).reshape({-1, w.size(0)});
       dweights.push_back(ops::mm_lowp(g.t(), hc).to(w.scalar_type()));
-      const at::Tensor dhi = ops::mm_lowp(g, wc).to(x.scalar_type());
+      const at::Tensor dhi = ops::mm_lowp(g, w.to(dt)).to(x.scalar_type());
       dh = dh.defined() ? dh.add_(dhi) : dhi;
     }
     // one gradient per input: x, gamma, each weight of the list, then the two flags
