@@ -1,0 +1,115 @@
+"""The pre-norm alone (x-transformers' LayerNorm: layer_norm without affine, times gamma), forward +
+backward, on the residual stream of the step configurations (batch, seq_len, dim): the fused
+operator (torch.ops.arwrap.norm, what the native net calls) against the ATen composition the net
+ran before, eager and under torch.compile, and the floor: the bytes a fused forward + backward
+must move (read x and write the output; read the upstream gradient and x, write d x) at the copy
+bandwidth measured in the same run. bf16: the residual stream in float32 and the output in bf16
+(the products' input under autocast: the composition casts it, the operator writes it so), the
+upstream gradient in bf16. Round-robin in one process.
+
+    python bench/bench_norm.py --configs A,B,C,T --precisions fp32,bf16 --repeats 15
+
+Writes bench/results/norm.{md,json}.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _measure import WATCH, bench_parser, cpu_note, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
+
+from bench_step import CONFIGS  # noqa: E402  (V, dim, depth, batch, seq_len + 1, heads, rotary)
+
+
+def shape_of(cfg):
+    _, dim, _, b, n1, _, _ = CONFIGS[cfg]
+    return b, n1 - 1, dim
+
+
+def steps_for(shape, out_dtype):
+    import torch
+    import torch.nn.functional as F
+
+    import arwrap_cpp  # noqa: F401  (registers torch.ops.arwrap)
+
+    g = torch.Generator().manual_seed(0)
+    x = (2 * torch.randn(*shape, generator=g) + 0.5).requires_grad_(True)
+    gamma = (1 + 0.1 * torch.randn(shape[-1], generator=g)).requires_grad_(True)
+    up = torch.randn(*shape, generator=g).to(out_dtype)
+
+    def composed(a, w):
+        return (F.layer_norm(a, a.shape[-1:], eps=1e-5) * w).to(out_dtype)
+
+    compiled = torch.compile(composed)
+
+    def run(fn):
+        def step():
+            x.grad = gamma.grad = None
+            fn(x, gamma).backward(up)
+            return x.grad[0, 0, 0].float()
+        return step
+
+    big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB, well past the caches
+    dst = torch.empty_like(big)
+    n = x.numel()
+    out_bytes = torch.empty((), dtype=out_dtype).element_size()
+    nbytes = n * (4 + out_bytes + out_bytes + 4 + 4)  # x, out; d out, x, d x
+    return {
+        "arwrap": run(lambda a, w: torch.ops.arwrap.norm(a, w, False, False, out_dtype)),
+        "eager": run(composed),
+        "compiled": run(compiled),
+        "copy": lambda: dst.copy_(big)[0].float(),
+    }, 2 * big.numel(), nbytes
+
+
+def main():
+    ap = bench_parser(__doc__, str(HERE / "results" / "norm"), repeats=7)
+    ap.add_argument("--configs", default="A,B,C,T")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results, lines = [], []
+    for cfg in args.configs.split(","):
+        shape = shape_of(cfg)
+        for prec in args.precisions.split(","):
+            out_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[prec]
+            steps, copy_bytes, nbytes = steps_for(shape, out_dtype)
+            r = round_robin(steps, args.repeats, label=f"{cfg} {prec}")
+            bw = copy_bytes / r["copy"]["time_s"]
+            floor = nbytes / bw
+            for name in ("arwrap", "eager", "compiled"):
+                results.append({"config": cfg, "precision": prec, "contender": name, "time_s": r[name]["time_s"],
+                                "peak_extra_bytes": peak_extra_bytes(steps[name]), "floor_time_s": floor,
+                                "bandwidth_gbs": bw / 1e9})
+            t = {n: r[n]["time_s"] for n in ("arwrap", "eager", "compiled")}
+            mem = {x["contender"]: x["peak_extra_bytes"] for x in results[-3:]}
+            best = min(t["eager"], t["compiled"])
+            lines.append(f"| {cfg} {shape} | {prec} | {t['arwrap'] * 1e3:.2f} | {t['eager'] * 1e3:.2f} | "
+                         f"{t['compiled'] * 1e3:.2f} | {best / t['arwrap']:.2f}x | "
+                         f"{floor * 1e3:.2f} ({nbytes / 1e6:.0f} MB at {bw / 1e9:.1f} GB/s) | "
+                         f"{t['arwrap'] / floor:.2f} | {mem['arwrap'] / 1e6:.0f} / {mem['eager'] / 1e6:.0f} / "
+                         f"{mem['compiled'] / 1e6:.0f} |")
+    head = [
+        "# The pre-norm, forward + backward (bench/bench_norm.py)",
+        "",
+        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
+        "",
+        "Command: `python bench/bench_norm.py --configs " + args.configs + " --precisions " + args.precisions +
+        f" --repeats {args.repeats}`",
+        "",
+        "x-transformers' LayerNorm on the residual stream (float32); bf16: the output in bf16 (autocast's products' "
+        "input) and a bf16 upstream gradient.",
+        "",
+        "| config (b, n, dim) | precision | arwrap ms | eager ms | compiled ms | arwrap vs best | floor ms | "
+        "arwrap / floor | peak extra MB (arwrap / eager / compiled) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+
+
+if __name__ == "__main__":
+    main()
