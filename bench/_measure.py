@@ -155,6 +155,31 @@ def round_robin(steps: dict, repeats: int, label: str = "") -> dict:
             for name, t in times.items()}
 
 
+ELEMENTWISE_CONTENDERS = ("arwrap", "eager", "compiled")
+
+
+def elementwise_row(steps: dict, copy_bytes: int, nbytes: int, repeats: int, label: str, fields: dict,
+                    digits: int = 2):
+    """The element-wise operators' benches (bench_rotary, bench_activation, bench_norm): their steps
+    {arwrap, eager, compiled, copy} round-robin, the floor (nbytes at the bandwidth of `copy`, which
+    moves copy_bytes, measured in the same run) and each contender's peak extra memory. Returns
+    (the results entries, `fields` in each, and the table cells from arwrap's ms to the memory column,
+    times with `digits` decimals)."""
+    r = round_robin(steps, repeats, label=label)
+    bw = copy_bytes / r["copy"]["time_s"]
+    floor = nbytes / bw
+    entries = [{**fields, "contender": name, "time_s": r[name]["time_s"],
+                "peak_extra_bytes": peak_extra_bytes(steps[name]), "floor_time_s": floor, "bandwidth_gbs": bw / 1e9}
+               for name in ELEMENTWISE_CONTENDERS]
+    t = {e["contender"]: e["time_s"] * 1e3 for e in entries}
+    mem = {e["contender"]: e["peak_extra_bytes"] / 1e6 for e in entries}
+    best = min(t["eager"], t["compiled"])
+    cells = (f"{t['arwrap']:.{digits}f} | {t['eager']:.{digits}f} | {t['compiled']:.{digits}f} | "
+             f"{best / t['arwrap']:.2f}x | {floor * 1e3:.{digits}f} ({nbytes / 1e6:.0f} MB at {bw / 1e9:.1f} GB/s) | "
+             f"{t['arwrap'] / (floor * 1e3):.2f} | {mem['arwrap']:.0f} / {mem['eager']:.0f} / {mem['compiled']:.0f}")
+    return entries, cells
+
+
 def training_step(wrapper, net, x, autocast_dtype=None):
     """One timed training step: loss = wrapper(x); loss.backward(), the net's gradients cleared;
     the forward under torch.autocast("cpu", autocast_dtype) when one is given."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import WATCH, bench_parser, cpu_note, load_note, peak_extra_bytes, round_robin, write_results  # noqa: E402
+from _measure import WATCH, bench_parser, cpu_note, elementwise_row, load_note, write_results  # noqa: E402
 
 from bench_attention import SHAPES  # noqa: E402  (the step configurations' (batch, heads, seq_len, dim_head))
 
@@ -75,21 +75,10 @@ def main():
         for prec in args.precisions.split(","):
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[prec]
             steps, copy_bytes, nbytes = steps_for(SHAPES[cfg], dtype)
-            r = round_robin(steps, args.repeats, label=f"{cfg} {prec}")
-            bw = copy_bytes / r["copy"]["time_s"]
-            floor = nbytes / bw
-            for name in ("arwrap", "eager", "compiled"):
-                results.append({"config": cfg, "precision": prec, "contender": name, "time_s": r[name]["time_s"],
-                                "peak_extra_bytes": peak_extra_bytes(steps[name]), "floor_time_s": floor,
-                                "bandwidth_gbs": bw / 1e9})
-            t = {n: r[n]["time_s"] for n in ("arwrap", "eager", "compiled")}
-            mem = {x["contender"]: x["peak_extra_bytes"] for x in results[-3:]}
-            best = min(t["eager"], t["compiled"])
-            lines.append(f"| {cfg} {SHAPES[cfg]} | {prec} | {t['arwrap'] * 1e3:.2f} | {t['eager'] * 1e3:.2f} | "
-                         f"{t['compiled'] * 1e3:.2f} | {best / t['arwrap']:.2f}x | "
-                         f"{floor * 1e3:.2f} ({nbytes / 1e6:.0f} MB at {bw / 1e9:.1f} GB/s) | "
-                         f"{t['arwrap'] / floor:.2f} | {mem['arwrap'] / 1e6:.0f} / {mem['eager'] / 1e6:.0f} / "
-                         f"{mem['compiled'] / 1e6:.0f} |")
+            entries, cells = elementwise_row(steps, copy_bytes, nbytes, args.repeats, f"{cfg} {prec}",
+                                             {"config": cfg, "precision": prec})
+            results += entries
+            lines.append(f"| {cfg} {SHAPES[cfg]} | {prec} | {cells} |")
     head = [
         "# The rotary embedding of q, forward + backward (bench/bench_rotary.py)",
         "",
