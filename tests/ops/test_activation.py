@@ -166,7 +166,15 @@ for dtype in (torch.float32, torch.bfloat16):
             f = (3 * torch.randn(67, 2 * 301 if glu else 301, generator=g)).to(dtype)
             grad = torch.randn(67, 301, generator=g).to(dtype)
             outs += [torch.ops.arwrap.activation(f, glu, swish), torch.ops.arwrap.activation_backward(grad, f, glu, swish)]
-torch.save(outs, {out!r})
+# the recomputing backward and its column sums (float32 sums of bf16 values), over more rows
+# than 256 blocks of 64 too
+sums = []
+for rows in (67, 20011):
+    f = (3 * torch.randn(rows, 24, generator=g)).to(torch.bfloat16)
+    grad = torch.randn(rows, 24, generator=g).to(torch.bfloat16)
+    sums.append(torch.ops.arwrap.activation_backward_recompute_(grad, f, False, False))
+    outs += [grad, f]
+torch.save((outs, sums), {out!r})
 """
 
 
@@ -181,15 +189,18 @@ def run_with(tmp_path, name, **env):
 def test_every_instruction_set_agrees_and_thread_counts_give_the_same_bits(tmp_path):
     """The per-ISA builds (ARWRAP_CPU_ISA; one the CPU lacks falls back to the best it has) agree within
     a rounding or two (the compiler may contract a * b + c into an FMA on one ISA and not another);
-    rows split over threads change nothing: the same bits for 1 and 2 threads."""
-    best = run_with(tmp_path, "best2", OMP_NUM_THREADS="2")
+    rows split over threads change nothing: the same bits for 1 and 2 threads, the recomputing
+    backward's column sums (fixed row blocks) included."""
+    best, best_sums = run_with(tmp_path, "best2", OMP_NUM_THREADS="2")
     for isa in ("base", "avx2", "avx512"):
-        got = run_with(tmp_path, isa, ARWRAP_CPU_ISA=isa, OMP_NUM_THREADS="1")
+        got, sums = run_with(tmp_path, isa, ARWRAP_CPU_ISA=isa, OMP_NUM_THREADS="1")
         for a, b in zip(got, best):  # FMA contraction may differ by ISA: a float32 rounding or two
             tol = dict(atol=1e-2, rtol=8e-3) if a.dtype == torch.bfloat16 else dict(atol=2e-6, rtol=2e-6)
             torch.testing.assert_close(a, b, **tol)
-    one = run_with(tmp_path, "best1", OMP_NUM_THREADS="1")
-    assert all(torch.equal(a, b) for a, b in zip(one, best))
+        for a, b in zip(sums, best_sums):  # sums of bf16 values, each of which may round the other way
+            torch.testing.assert_close(a, b, atol=2e-2 * b.abs().max().item(), rtol=8e-3)
+    one, one_sums = run_with(tmp_path, "best1", OMP_NUM_THREADS="1")
+    assert all(torch.equal(a, b) for a, b in zip(one + one_sums, best + best_sums))
 
 
 @pytest.mark.parametrize("device", DEVICES)

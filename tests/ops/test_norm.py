@@ -160,6 +160,9 @@ for dtype in (torch.float32, torch.bfloat16):
         dy = torch.randn(1000, 200, generator=g).to(dtype)
         res += [torch.ops.arwrap.norm(x, gamma, rms, True, torch.bfloat16), torch.ops.arwrap.norm(x, gamma, rms, True),
                 *torch.ops.arwrap.norm_backward(dy, x, gamma, rms, True)]
+# more rows than 256 blocks of 64: longer blocks, still fixed by the shape
+x, dy, gamma = torch.randn(20011, 16, generator=g), torch.randn(20011, 16, generator=g), torch.randn(16, generator=g)
+res += list(torch.ops.arwrap.norm_backward(dy, x, gamma, False, False))
 torch.save(res, {out!r})
 """
 

@@ -109,10 +109,11 @@ at::Tensor activation_backward_recompute_cpu(const at::Tensor& grad, const at::T
     f.copy_(fc);
     return sum;
   }
-  // fixed blocks of rows, each summing its own d f partial, added in block order: the same bits
-  // for any thread count
-  constexpr int64_t kBlock = 64;
-  const int64_t rows = inner == 0 ? 0 : grad.numel() / inner, blocks = (rows + kBlock - 1) / kBlock;
+  // blocks of rows fixed by the shape (64 rows, more where there are over 256 blocks: the
+  // partials stay at most 256 rows of w), each summing its own d f partial, added in block
+  // order: the same bits for any thread count
+  const int64_t rows = inner == 0 ? 0 : grad.numel() / inner;
+  const int64_t kBlock = std::max<int64_t>(64, (rows + 255) / 256), blocks = (rows + kBlock - 1) / kBlock;
   std::vector<float> partial(static_cast<size_t>(blocks * w), 0.0f);
   auto run = [&](auto* g, auto* x, const auto& k) {
     at::parallel_for(0, blocks, std::max<int64_t>(1, grain(w) / kBlock), [&](int64_t b, int64_t e) {
