@@ -5,11 +5,11 @@
 #include "../activation_math.h"
 #include "../common.h"
 #include "activation_simd.h"
+#include "row_block_sums.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <vector>
 
 namespace arwrap::ops::cpu {
@@ -109,30 +109,19 @@ at::Tensor activation_backward_recompute_cpu(const at::Tensor& grad, const at::T
     f.copy_(fc);
     return sum;
   }
-  // blocks of rows fixed by the shape (64 rows, more where there are over 256 blocks: the
-  // partials stay at most 256 rows of w), each summing its own d f partial, added in block
-  // order: the same bits for any thread count
+  // d f's column sums over blocks of rows fixed by the shape (row_block_sums.h): the same bits
+  // for any thread count
   const int64_t rows = inner == 0 ? 0 : grad.numel() / inner;
-  const int64_t kBlock = std::max<int64_t>(64, (rows + 255) / 256), blocks = (rows + kBlock - 1) / kBlock;
-  std::vector<float> partial(static_cast<size_t>(blocks * w), 0.0f);
   auto run = [&](auto* g, auto* x, const auto& k) {
-    at::parallel_for(0, blocks, std::max<int64_t>(1, grain(w) / kBlock), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int64_t r0 = i * kBlock, n = std::min(kBlock, rows - r0);
-        k.backward_recompute(g + r0 * inner, x + r0 * w, partial.data() + i * w, n, inner, glu, swish);
-      }
+    return row_block_sums(rows, w, [&](int64_t r0, int64_t n, float* partial) {
+      k.backward_recompute(g + r0 * inner, x + r0 * w, partial, n, inner, glu, swish);
     });
   };
-  if (f.scalar_type() == at::kFloat) {
-    run(grad.data_ptr<float>(), f.data_ptr<float>(), rows_of<float>());
-  } else {
-    run(static_cast<uint16_t*>(grad.data_ptr()), static_cast<uint16_t*>(f.data_ptr()), rows_of<uint16_t>());
-  }
-  at::Tensor sum = at::zeros({w}, f.options().dtype(at::kFloat));
-  float* s = sum.data_ptr<float>();
-  for (int64_t i = 0; i < blocks; ++i)
-    for (int64_t j = 0; j < w; ++j) s[j] += partial[i * w + j];
-  return sum;
+  std::vector<float> sum =
+      f.scalar_type() == at::kFloat
+          ? run(grad.data_ptr<float>(), f.data_ptr<float>(), rows_of<float>())
+          : run(static_cast<uint16_t*>(grad.data_ptr()), static_cast<uint16_t*>(f.data_ptr()), rows_of<uint16_t>());
+  return at::tensor(sum, f.options().dtype(at::kFloat));
 }
 
 }  // namespace

@@ -2,12 +2,12 @@
 // kernels (norm_simd.inc: one read and one write per value and direction, the rows over the
 // threads); float64 and float16 by the ATen composition (../norm_math.h). x is read as rows of a
 // 2-d view where its layout allows one (else a contiguous copy); the outputs are contiguous.
-// d gamma: each block of rows (64, more where there would be over 256 blocks: a function of the
-// shape) sums its own partial, then the partials are added in block order, so the bits do not
-// depend on the thread count.
+// d gamma over blocks of rows fixed by the shape (row_block_sums.h): the bits do not depend on
+// the thread count.
 #include "../common.h"
 #include "../norm_math.h"
 #include "norm_simd.h"
+#include "row_block_sums.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -72,24 +72,15 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(const at::Tensor& grad, con
   const at::Tensor xr = as_rows(x), gr = as_rows(grad);
   const int64_t rows = xr.size(0), D = xr.size(1);
   const std::vector<float> g = gain(gamma, rms, unit_offset);
-  const int64_t block_rows = std::max<int64_t>(64, (rows + 255) / 256);
-  const int64_t blocks = (rows + block_rows - 1) / block_rows;
-  std::vector<float> partial(static_cast<size_t>(blocks * D), 0.0f);
   const auto kernel = simd::norm_kernels().backward[ti][gi];
   const char* xp = static_cast<const char*>(xr.const_data_ptr());
   const char* gp = static_cast<const char*>(gr.const_data_ptr());
   char* dp = static_cast<char*>(dx.data_ptr());
   const int64_t xb = xr.element_size(), gb = gr.element_size();
-  at::parallel_for(0, blocks, std::max<int64_t>(1, 16384 / (block_rows * D)), [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      const int64_t r0 = k * block_rows, n = std::min(block_rows, rows - r0);
-      kernel(gp + r0 * gr.stride(0) * gb, gr.stride(0), xp + r0 * xr.stride(0) * xb, xr.stride(0),
-             dp + r0 * D * xb, D, g.data(), partial.data() + k * D, n, D, rms);
-    }
+  std::vector<float> sum = row_block_sums(rows, D, [&](int64_t r0, int64_t n, float* partial) {
+    kernel(gp + r0 * gr.stride(0) * gb, gr.stride(0), xp + r0 * xr.stride(0) * xb, xr.stride(0), dp + r0 * D * xb, D,
+           g.data(), partial, n, D, rms);
   });
-  std::vector<float> sum(static_cast<size_t>(D), 0.0f);
-  for (int64_t k = 0; k < blocks; ++k)
-    for (int64_t j = 0; j < D; ++j) sum[j] += partial[k * D + j];
   const float s = rms ? static_cast<float>(std::sqrt(static_cast<double>(D))) : 1.0f;
   for (float& v : sum) v *= s;
   dgamma.copy_(at::from_blob(sum.data(), {D}, at::TensorOptions().dtype(at::kFloat)));
