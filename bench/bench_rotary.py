@@ -52,14 +52,11 @@ def steps_for(shape, dtype):
             return t.grad[0, 0, 0, 0].float()
         return step
 
-    big = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MB, well past the caches
-    dst = torch.empty_like(big)
     return {
         "arwrap": run(lambda x: torch.ops.arwrap.rotary(x, cos, sin)),
         "eager": run(composed),
         "compiled": run(compiled),
-        "copy": lambda: dst.copy_(big)[0].float(),
-    }, 2 * big.numel(), 4 * t.numel() * t.element_size()
+    }, 4 * t.numel() * t.element_size()
 
 
 def main():
@@ -74,8 +71,8 @@ def main():
     for cfg in args.configs.split(","):
         for prec in args.precisions.split(","):
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[prec]
-            steps, copy_bytes, nbytes = steps_for(SHAPES[cfg], dtype)
-            entries, cells = elementwise_row(steps, copy_bytes, nbytes, args.repeats, f"{cfg} {prec}",
+            steps, nbytes = steps_for(SHAPES[cfg], dtype)
+            entries, cells = elementwise_row(steps, nbytes, args.repeats, f"{cfg} {prec}",
                                              {"config": cfg, "precision": prec})
             results += entries
             lines.append(f"| {cfg} {SHAPES[cfg]} | {prec} | {cells} |")
