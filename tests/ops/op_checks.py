@@ -3,6 +3,10 @@ the result against its float64 reference, the gradients for a random upstream gr
 torch.library.opcheck, and torch.compile(fullgraph=True) forward and backward."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -82,3 +86,15 @@ def check_compile(op, args):
                 assert b is None
             else:
                 torch.testing.assert_close(b, a)
+
+
+def run_script(script, tmp_path, name, **env):
+    """Runs `script` (a template with {out}, where it torch.saves its results) in a fresh Python
+    with `env` added (ARWRAP_CPU_ISA, OMP_NUM_THREADS: chosen once per process) and this folder on
+    its path; returns what it saved."""
+    out = str(tmp_path / name)
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", script.format(out=out)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""), **env))
+    assert r.returncode == 0, r.stderr
+    return torch.load(out)

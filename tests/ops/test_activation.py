@@ -3,19 +3,15 @@ CPU row kernels in float32 and bfloat16, the ATen composition in float64 and on 
 float64 on odd shapes forward and backward, large and tiny inputs, strided inputs, the in-place
 backward and the in-place backward that recomputes the output, every instruction set, the same bits for 1 and 2 threads, gradcheck, bad input. The
 shared sample checks (reference, opcheck, compile) run from test_op_samples.py."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import arwrap_cpp  # noqa: F401
 from conftest import DEVICES
+from op_checks import run_script
 from op_references import reference_activation
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 A = torch.ops.arwrap
 KINDS = [(glu, swish) for glu in (False, True) for swish in (False, True)]
 # float32: the fused kernels' erfc and exp are within a few ulp (erfc below 5e-7 relative); bfloat16: one
@@ -179,11 +175,7 @@ torch.save((outs, sums), {out!r})
 
 
 def run_with(tmp_path, name, **env):
-    out = str(tmp_path / name)
-    r = subprocess.run([sys.executable, "-c", SCRIPT.format(out=out)], env=dict(os.environ, **env),
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return torch.load(out)
+    return run_script(SCRIPT, tmp_path, name, **env)
 
 
 def test_every_instruction_set_agrees_and_thread_counts_give_the_same_bits(tmp_path):

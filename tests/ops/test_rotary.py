@@ -5,15 +5,12 @@ projection as a strided view), the composition the native net ran before (to an 
 layout kept, every instruction set, the same bits for 1 and 2 threads, gradcheck to the
 second order, bad input. The shared sample checks (reference, opcheck, compile) run from
 test_op_samples.py."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import arwrap_cpp  # noqa: F401
 from conftest import DEVICES
+from op_checks import run_script
 from op_references import reference_rotary, rotary_tables
 
 A = torch.ops.arwrap
@@ -111,12 +108,7 @@ torch.save(res, {out!r})
 
 
 def run_with(tmp_path, name, **env):
-    out = str(tmp_path / name)
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run([sys.executable, "-c", SCRIPT.format(out=out)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""), **env))
-    assert r.returncode == 0, r.stderr
-    return torch.load(out)
+    return run_script(SCRIPT, tmp_path, name, **env)
 
 
 def test_every_instruction_set_agrees_and_thread_counts_give_the_same_bits(tmp_path):
