@@ -7,8 +7,7 @@
 // ops keeps (3 dim + 2 inner). The activation's output, d pre-activation and the first bias's
 // gradient come from one in-place pass (activation_backward_recompute_: the output over
 // d activation, d pre-activation over the pre-activation, which is this block's alone; with
-// retain_graph over a copy of it), one exp per value and no separate column sum, where the
-// recomputation, the backward and d bias were three passes.
+// retain_graph over a copy of it): one exp per value and no separate column sum.
 //
 // Under autocast the products run in the autocast dtype, as at::linear under autocast does: the
 // normed input and the weights are cast to it (the same .to() autocast makes), the
@@ -77,10 +76,11 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::Tensor g = grads[0].to(dt).reshape({-1, out_dim});
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // One inner-wide temporary besides f (the backward of the last layer runs while every
-    // layer's saved tensors are alive: the step's peak). One pass recomputes the activation's output over d activation and writes d pre-activation
-    // over f, which is this block's alone: where the graph is freed after this backward, f
-    // itself; with retain_graph f must stay as it is for the next one, so a copy (one more
-    // inner-wide temporary, only then). The pass also sums d f over the rows: the bias gradient.
+    // layer's saved tensors are alive: the step's peak). One pass recomputes the activation's
+    // output over d activation and writes d pre-activation over f, which is this block's alone:
+    // where the graph is freed after this backward, f itself; with retain_graph f must stay as it
+    // is for the next one, so a copy (one more inner-wide temporary, only then). The pass also
+    // sums d f over the rows: the bias gradient.
     at::Tensor da = ops::mm_lowp(g, wo);
     const int64_t w = f.size(-1);
     at::Tensor df = torch::autograd::get_current_graph_task_keep_graph() ? f.reshape({-1, w}).clone()

@@ -6,19 +6,17 @@
 //
 //   activation(Tensor f, bool glu, bool swish) -> Tensor                     (..., inner)
 //   activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor   df, f's shape
-//   activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()        no glu: grad := df
 //   activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> Tensor
 //                                   grad := activation(f) (the output, recomputed), f := df;
 //                                   returns df summed over its rows in float32 (float64 for
 //                                   float64 f; the gradient of a bias added to f), over fixed
 //                                   blocks of rows, then in order
 //
-// f (..., w) with w = inner, or 2 inner with glu. The in-place backward keeps the feed-forward
-// backward's peak at one inner-wide temporary (the step's peak memory is there). The
-// recomputing one is for a backward that kept only the pre-activation and needs the output too
-// (for the second product's weight gradient): one pass, one exp per value, where the output's
-// recomputation and the backward were two; it writes both results over its inputs, so the
-// caller must own f (the lean feed-forward does, where its graph is not kept).
+// f (..., w) with w = inner, or 2 inner with glu. The in-place backward is for a backward that
+// kept only the pre-activation and needs the output too (for the second product's weight
+// gradient): one pass and one exp per value for the output, d f and d bias, with no inner-wide
+// temporary of its own (the feed-forward backward's peak is the step's); it writes both results
+// over its inputs, so the caller must own f (the lean feed-forward does).
 // This file: the schemas and the typed entries (detail::activation*). Kernels: cpu/, cuda/,
 // meta/activation_kernel.cpp; autograd/activation_kernel.cpp (the backward is not
 // differentiable again).
@@ -40,11 +38,6 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool
   return op.call(grad, f, glu, swish);
 }
 
-void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish) {
-  static const auto op = ARWRAP_TYPED_OP(activation_backward_);
-  op.call(grad, f, swish);
-}
-
 at::Tensor activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
   static const auto op = ARWRAP_TYPED_OP(activation_backward_recompute_);
   return op.call(grad, f, glu, swish);
@@ -55,7 +48,6 @@ at::Tensor activation_backward_recompute_(const at::Tensor& grad, const at::Tens
 TORCH_LIBRARY_FRAGMENT(arwrap, m) {
   m.def("activation(Tensor f, bool glu, bool swish) -> Tensor");
   m.def("activation_backward(Tensor grad, Tensor f, bool glu, bool swish) -> Tensor");
-  m.def("activation_backward_(Tensor(a!) grad, Tensor f, bool swish) -> ()");
   m.def("activation_backward_recompute_(Tensor(a!) grad, Tensor(b!) f, bool glu, bool swish) -> Tensor");
 }
 

@@ -80,11 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
     double scale, bool causal);
 
-// ---- activation.cpp (internal: GELU/SiLU or its GLU, the feed-forward's; the in-place
-// backward, without glu, writes d f over grad)
+// ---- activation.cpp (internal: GELU/SiLU or its GLU, the feed-forward's)
 at::Tensor activation(const at::Tensor& f, bool glu, bool swish);
 at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);
-void activation_backward_(const at::Tensor& grad, const at::Tensor& f, bool swish);
 // grad := activation(f), f := d f (both in place; f's owner must need f no more); returns d f
 // summed over its rows (float32, float64 for float64 f: the gradient of a bias added to f)
 at::Tensor activation_backward_recompute_(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish);

@@ -1,7 +1,7 @@
 """activation, the feed-forward's GELU/SiLU (or its GLU) with its backward (internal; the fused
 CPU row kernels in float32 and bfloat16, the ATen composition in float64 and on CUDA): against
 float64 on odd shapes forward and backward, large and tiny inputs, strided inputs, the in-place
-backward and the in-place backward that recomputes the output, every instruction set, the same bits for 1 and 2 threads, gradcheck, bad input. The
+backward that recomputes the output in place, every instruction set, the same bits for 1 and 2 threads, gradcheck, bad input. The
 shared sample checks (reference, opcheck, compile) run from test_op_samples.py."""
 import pytest
 import torch
@@ -47,10 +47,6 @@ def test_forward_and_backward_match_float64(device, dtype, glu, swish, shape):
     df = A.activation_backward(grad, f, glu, swish)
     assert df.shape == f.shape and df.dtype == dtype
     torch.testing.assert_close(df.double(), reference_backward(grad, f, glu, swish), **TOL[dtype])
-    if not glu:  # the in-place backward writes the same values over grad
-        g2 = grad.clone()
-        A.activation_backward_(g2, f, swish)
-        torch.testing.assert_close(g2, df, atol=0, rtol=0)
 
 
 def ulp(x):
@@ -90,10 +86,6 @@ def test_strided_inputs_give_the_contiguous_results(dtype):
         assert torch.equal(A.activation(f, glu, True), A.activation(f.contiguous(), glu, True))
         assert torch.equal(A.activation_backward(g, f, glu, True), A.activation_backward(g.contiguous(), f.contiguous(),
                                                                                          glu, True))
-    g = inputs((38, 6), False, dtype, seed=3).t().contiguous().t()  # in place on a strided grad
-    want = A.activation_backward(g.contiguous(), f.contiguous(), False, False)
-    A.activation_backward_(g, f, False)
-    torch.testing.assert_close(g, want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,7 +200,5 @@ def test_bad_arguments_name_them(device):
         A.activation_backward(torch.randn(3, 6, device=device), f, True, False)
     with pytest.raises(ValueError, match="grad \\(BFloat16\\) must have f's dtype \\(Float\\)"):
         A.activation_backward(torch.randn(3, 6, dtype=torch.bfloat16, device=device), f, False, False)
-    with pytest.raises(ValueError, match=r"activation_backward_: grad must have shape \[3, 6\]"):
-        A.activation_backward_(torch.randn(3, 3, device=device), f, False)
     with pytest.raises(ValueError, match=r"activation_backward_recompute_: grad must have shape \[3, 3\]"):
         A.activation_backward_recompute_(torch.randn(3, 6, device=device), f.clone(), True, False)

@@ -37,7 +37,7 @@ at::Tensor activation_autograd(const at::Tensor& f, bool glu, bool swish) {
 
 TORCH_LIBRARY_IMPL(arwrap, Autograd, m) {
   m.impl("activation", &activation_autograd);
-  fall_through(m, {"activation_backward", "activation_backward_", "activation_backward_recompute_"});
+  fall_through(m, {"activation_backward", "activation_backward_recompute_"});
 }
 
 }  // namespace arwrap::ops::autograd

@@ -1,4 +1,4 @@
-// CPU kernels of activation and its three backwards (../activation.cpp):
+// CPU kernels of activation and its two backwards (../activation.cpp):
 // float32 and bfloat16 by the fused row kernels (activation_simd.inc, one read of each input
 // and one write of each output, rows over the threads); float64 and float16 by the ATen
 // composition (../activation_math.h). A non-contiguous input is made contiguous first.
@@ -61,7 +61,7 @@ at::Tensor activation_cpu(const at::Tensor& f, bool glu, bool swish) {
   return out;
 }
 
-// df into `df` (contiguous, f's shape; without glu it may be grad itself)
+// df into `df` (contiguous, f's shape)
 void backward_into(const at::Tensor& grad, const at::Tensor& f, const at::Tensor& df, int64_t inner, bool glu,
                    bool swish) {
   const at::Tensor gc = grad.contiguous(), fc = f.contiguous();
@@ -76,20 +76,6 @@ at::Tensor activation_backward_cpu(const at::Tensor& grad, const at::Tensor& f, 
   at::Tensor df = at::empty(f.sizes(), f.options().memory_format(at::MemoryFormat::Contiguous));
   backward_into(grad, f, df, inner, glu, swish);
   return df;
-}
-
-void activation_backward_inplace_cpu(const at::Tensor& grad, const at::Tensor& f, bool swish) {
-  const int64_t inner = check_activation_args("activation_backward_", f, false);
-  check_activation_backward_args("activation_backward_", grad, f, inner);
-  if (!fused(f)) {
-    grad.copy_(math::activation_backward(grad, f, false, swish));
-  } else if (grad.is_contiguous()) {
-    backward_into(grad, f, grad, inner, false, swish);  // elementwise: each grad value read before it is written
-  } else {  // the fused values, through a contiguous buffer
-    const at::Tensor df = at::empty(f.sizes(), f.options().memory_format(at::MemoryFormat::Contiguous));
-    backward_into(grad, f, df, inner, false, swish);
-    grad.copy_(df);
-  }
 }
 
 at::Tensor activation_backward_recompute_cpu(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
@@ -129,7 +115,6 @@ at::Tensor activation_backward_recompute_cpu(const at::Tensor& grad, const at::T
 TORCH_LIBRARY_IMPL(arwrap, CPU, m) {
   m.impl("activation", &activation_cpu);
   m.impl("activation_backward", &activation_backward_cpu);
-  m.impl("activation_backward_", &activation_backward_inplace_cpu);
   m.impl("activation_backward_recompute_", &activation_backward_recompute_cpu);
 }
 

@@ -11,7 +11,6 @@ namespace arwrap::ops::cpu::simd {
 // Rows of f: `inner` values without glu, 2 * inner with it (value half, then gate half).
 // forward:  out = act(f), or f[:inner] * act(f[inner:]);                 out rows of inner
 // backward: df = grad * act'(f), or (grad * act(g), grad * a * act'(g));  df rows like f's
-// Without glu df may be grad itself (the in-place backward).
 // backward_recompute: both at once, in place: grad := forward(f), f := df; df_sum (f's width,
 // float32) += df summed over these rows (the values as stored).
 template <class T>

@@ -1,4 +1,4 @@
-// CUDA kernels of activation and its three backwards (activation_backward, activation_backward_,
+// CUDA kernels of activation and its two backwards (activation_backward,
 // activation_backward_recompute_; ../activation.cpp): the ATen composition (../activation_math.h), which runs ATen's own
 // CUDA element-wise kernels; no kernel of ours. A .cpp: it composes dispatched operators,
 // so it is compiled in every build. It has not yet run on a GPU (tests/ops/test_activation.py's
@@ -21,14 +21,6 @@ at::Tensor activation_backward_cuda(const at::Tensor& grad, const at::Tensor& f,
   return math::activation_backward(grad, f, glu, swish).contiguous();
 }
 
-void activation_backward_inplace_cuda(const at::Tensor& grad, const at::Tensor& f, bool swish) {
-  check_activation_backward_args("activation_backward_", grad, f,
-                                 check_activation_args("activation_backward_", f, false));
-  at::Tensor out = grad;  // the schema's Tensor(a!): written in place
-  if (swish) at::silu_backward_out(out, grad, f);
-  else at::gelu_backward_out(out, grad, f);
-}
-
 at::Tensor activation_backward_recompute_cuda(const at::Tensor& grad, const at::Tensor& f, bool glu, bool swish) {
   check_activation_backward_args("activation_backward_recompute_", grad, f,
                                  check_activation_args("activation_backward_recompute_", f, glu));
@@ -43,7 +35,6 @@ at::Tensor activation_backward_recompute_cuda(const at::Tensor& grad, const at::
 TORCH_LIBRARY_IMPL(arwrap, CUDA, m) {
   m.impl("activation", &activation_cuda);
   m.impl("activation_backward", &activation_backward_cuda);
-  m.impl("activation_backward_", &activation_backward_inplace_cuda);
   m.impl("activation_backward_recompute_", &activation_backward_recompute_cuda);
 }
 

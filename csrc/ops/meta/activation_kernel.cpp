@@ -1,4 +1,4 @@
-// Meta (shape-only) kernels of activation and its three backwards (activation_backward, activation_backward_,
+// Meta (shape-only) kernels of activation and its two backwards (activation_backward,
 // activation_backward_recompute_; ../activation.cpp): the real kernels' checks and allocations, no data touched.
 #include "../common.h"
 
@@ -16,11 +16,6 @@ at::Tensor activation_backward_meta(const at::Tensor& grad, const at::Tensor& f,
   return at::empty(f.sizes(), f.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
-void activation_backward_inplace_meta(const at::Tensor& grad, const at::Tensor& f, bool /*swish*/) {
-  check_activation_backward_args("activation_backward_", grad, f,
-                                 check_activation_args("activation_backward_", f, false));
-}
-
 at::Tensor activation_backward_recompute_meta(const at::Tensor& grad, const at::Tensor& f, bool glu, bool /*swish*/) {
   check_activation_backward_args("activation_backward_recompute_", grad, f,
                                  check_activation_args("activation_backward_recompute_", f, glu));
@@ -32,7 +27,6 @@ at::Tensor activation_backward_recompute_meta(const at::Tensor& grad, const at::
 TORCH_LIBRARY_IMPL(arwrap, Meta, m) {
   m.impl("activation", &activation_meta);
   m.impl("activation_backward", &activation_backward_meta);
-  m.impl("activation_backward_", &activation_backward_inplace_meta);
   m.impl("activation_backward_recompute_", &activation_backward_recompute_meta);
 }
 
