@@ -50,9 +50,7 @@ namespace arwrap::ops::cpu::attn::amx {
 #define ARWRAP_MR 12
 #define ARWRAP_BF16_DOT 1
 #define ARWRAP_BF16_AMX 1
-#define ARWRAP_BC_FWD 128  // the forward alone: about 12% faster on B than 64 keys; the backward is slower at 128
 #include "attention_simd.inc"
-#undef ARWRAP_BC_FWD
 #undef ARWRAP_BF16_AMX
 #undef ARWRAP_BF16_DOT
 #undef ARWRAP_VEC
