@@ -41,17 +41,30 @@ attn::Problem problem(const at::Tensor& q, const AttentionShape& s, double scale
           static_cast<float>(scale), causal, nullptr};
 }
 
+// One thread's scratch (uninitialised: the kernels write what they read). Up to 4 MiB it is kept
+// for the thread's next call: a fresh vector per call was mapped, faulted in and zero-filled every
+// time, ~18% of T's float32 attention step (bench/bench_attention.py) in system time. Larger
+// scratch, a long sequence's, is the call's own.
+float* thread_scratch(size_t floats, std::vector<float>& own) {
+  constexpr size_t kKeep = (size_t{4} << 20) / sizeof(float);
+  thread_local std::vector<float> kept;
+  std::vector<float>& buf = floats <= kKeep ? kept : own;
+  if (buf.size() < floats) buf.resize(floats);
+  return buf.data();
+}
+
 // Runs fn(problem, b, h, scratch) for every (batch, head), split over the threads by heads.
 template <class Fn>
 void for_each_head(const AttentionShape& s, attn::Problem p, const at::Tensor& bias, size_t scratch_floats,
                    const Fn& fn) {
   at::parallel_for(0, s.b * s.h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(scratch_floats);
+    std::vector<float> own;
+    float* scratch = thread_scratch(scratch_floats, own);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / s.h, h = bh % s.h;
       attn::Problem ph = p;
       ph.key_bias = bias.defined() ? bias.const_data_ptr<float>() + b * s.n : nullptr;
-      fn(ph, b, h, scratch.data());
+      fn(ph, b, h, scratch);
     }
   });
 }
