@@ -246,11 +246,39 @@ at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const Decode
   return project(f, w.ff_out_w, w.ff_out_b);
 }
 
+namespace {
+
+// x + p where p is a block's output in autocast's bf16 on the CPU and x the float32 residual
+// stream: one pass (ops::add_bf16), where ATen's mixed add casts p into a float32 temporary
+// first (a residual-sized copy per block: ~2 ms of T's bf16 step). Its backward is the add's:
+// d x = d y, d p = d y in p's dtype.
+class ResidualAdd : public torch::autograd::Function<ResidualAdd> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& p) {
+    ctx->saved_data["p_dtype"] = static_cast<int64_t>(p.scalar_type());
+    return ops::add_bf16(x, p);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto p_dtype = static_cast<at::ScalarType>(ctx->saved_data["p_dtype"].toInt());
+    return {grads[0], grads[0].to(p_dtype)};
+  }
+};
+
+at::Tensor residual_add(const at::Tensor& x, const at::Tensor& p) {
+  if (!(x.device().is_cpu() && p.device().is_cpu() && x.scalar_type() == at::kFloat &&
+        p.scalar_type() == at::kBFloat16 && x.sizes() == p.sizes() && x.is_contiguous() && p.is_contiguous()))
+    return x + p;
+  if (at::GradMode::is_enabled() && (x.requires_grad() || p.requires_grad())) return ResidualAdd::apply(x, p);
+  return ops::add_bf16(x, p);
+}
+
+}  // namespace
+
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
                          const AttentionContext& ctx, bool training, at::Tensor* k_cache, at::Tensor* v_cache,
                          at::Tensor* lse) {
-  const at::Tensor y = x + attention(x, w, d, ctx, k_cache, v_cache, lse);
-  return y + feed_forward(y, w, d, training);
+  const at::Tensor y = residual_add(x, attention(x, w, d, ctx, k_cache, v_cache, lse));
+  return residual_add(y, feed_forward(y, w, d, training));
 }
 
 }  // namespace arwrap::layers

@@ -76,7 +76,10 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
     const int64_t D = x.size(-1);
     const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
-    at::Tensor dh;  // x's dtype (float32), the products' input gradients summed
+    // x's dtype (float32), the products' input gradients summed. Under autocast each product is
+    // rounded to its dtype and added in float32 (autocast's sum of the three casts' gradients),
+    // by addmm_acc_: bf16 products added into dh in one pass each, no float32 temporaries.
+    at::Tensor dh;
     variable_list dweights;
     for (size_t i = 0; i + 2 < saved.size(); ++i) {
       const at::Tensor& w = saved[2 + i];
@@ -87,6 +90,12 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
       }
       const at::Tensor g = gi.to(dt).reshape({-1, w.size(0)});
       dweights.push_back(ops::mm_lowp(g.t(), hc).to(w.scalar_type()));
+      if (dt != x.scalar_type() && dt == at::kBFloat16 && x.device().is_cpu() && !ops::lowp_gemm_upcasts(g)) {
+        const bool first = !dh.defined();
+        if (first) dh = at::empty({g.size(0), D}, x.options());
+        ops::addmm_acc_(dh, g, w.to(dt), first);
+        continue;
+      }
       const at::Tensor dhi = ops::mm_lowp(g, w.to(dt)).to(x.scalar_type());
       dh = dh.defined() ? dh.add_(dhi) : dhi;
     }

@@ -54,6 +54,11 @@ inline bool lowp_gemm_upcasts(const at::Tensor& t) { return lowp_gemm_upcasts(t.
 // (cpu/low_precision_gemm.cpp).
 void add_bf16_(at::Tensor& out, const at::Tensor& p, bool assign);
 
+// x (float32) + p (bf16 of x's shape), both contiguous, on the CPU: a new float32 tensor in one
+// pass, the values of ATen's x + p (p widened exactly, one float32 add), which casts p into a
+// float32 temporary first. The native net's residual adds under autocast (layers.cpp).
+at::Tensor add_bf16(const at::Tensor& x, const at::Tensor& p);
+
 // a @ b in a's dtype (a, b of one dtype), on the float32 route where lowp_gemm_upcasts
 // (autocast kept out: the float32 product must not be lowered again).
 inline at::Tensor mm_lowp(const at::Tensor& a, const at::Tensor& b) {

@@ -1,10 +1,15 @@
 // Which CPUs take the float32 route for bf16/fp16 GEMMs (low_precision_mm.h says why), and the
-// float32 accumulation of a bf16 product on the CPU (add_bf16_).
+// float32 accumulation of a bf16 product on the CPU (add_bf16_), and the residual stream's add of a
+// bf16 block output (add_bf16).
 #include "../low_precision_mm.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -59,25 +64,50 @@ bool lowp_gemm_upcasts(c10::DeviceType device, at::ScalarType dt) {
   return false;
 }
 
+namespace {
+
+// dst = (base ? base : dst) + p, or = p with assign, over rows of cols values (dst and base rows
+// `stride` apart, p contiguous), split over the threads by rows (element-wise: the same bits for
+// any thread count). bf16 widened exactly (its bits are float32's upper half); one add per value.
+void add_widened_rows(float* dst, const float* base, int64_t stride, const uint16_t* p, int64_t rows, int64_t cols,
+                      bool assign) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* orow = dst + r * stride;
+      const float* brow = base ? base + r * stride : orow;
+      const uint16_t* prow = p + r * cols;
+      if (assign) {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) orow[j] = __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j)
+          orow[j] = brow[j] + __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void add_bf16_(at::Tensor& out, const at::Tensor& p, bool assign) {
   TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && p.scalar_type() == at::kBFloat16 &&
                   out.dim() == 2 && p.sizes() == out.sizes() && out.stride(1) == 1 && p.is_contiguous(),
               "add_bf16_: a 2-d float32 out with contiguous rows and a contiguous bf16 p of its shape");
-  const int64_t rows = out.size(0), cols = out.size(1), os = out.stride(0);
-  float* o = out.data_ptr<float>();
-  const uint16_t* q = static_cast<const uint16_t*>(p.const_data_ptr());
-  for (int64_t r = 0; r < rows; ++r) {
-    float* orow = o + r * os;
-    const uint16_t* prow = q + r * cols;
-    // bf16 widened exactly (its bits are float32's upper half); one add per value
-    if (assign) {
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) orow[j] = __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) orow[j] += __builtin_bit_cast(float, static_cast<uint32_t>(prow[j]) << 16);
-    }
-  }
+  add_widened_rows(out.data_ptr<float>(), nullptr, out.stride(0), static_cast<const uint16_t*>(p.const_data_ptr()),
+                   out.size(0), out.size(1), assign);
+}
+
+at::Tensor add_bf16(const at::Tensor& x, const at::Tensor& p) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && p.scalar_type() == at::kBFloat16 &&
+                  p.sizes() == x.sizes() && x.is_contiguous() && p.is_contiguous(),
+              "add_bf16: a contiguous float32 x and a contiguous bf16 p of its shape");
+  at::Tensor y = at::empty_like(x);
+  const int64_t cols = x.dim() == 0 ? 1 : x.size(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  add_widened_rows(y.data_ptr<float>(), x.const_data_ptr<float>(), cols, static_cast<const uint16_t*>(p.const_data_ptr()),
+                   rows, cols, false);
+  return y;
 }
 
 }  // namespace arwrap::ops
