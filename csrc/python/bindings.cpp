@@ -243,6 +243,14 @@ PYBIND11_MODULE(_C, m) {
     return arwrap::layers::small_batch_linear_applies(x, weight, bias.value_or(at::Tensor()));
   });
 
+  // The residual stream's add of a bf16 block output and the float32 accumulation of a bf16
+  // product (csrc/ops/low_precision_mm.h), for their tests.
+  m.def("_add_bf16", [](const at::Tensor& x, const at::Tensor& p) { return arwrap::ops::add_bf16(x, p); });
+  m.def("_add_bf16_", [](at::Tensor out, const at::Tensor& p, bool assign) {
+    arwrap::ops::add_bf16_(out, p, assign);
+    return out;
+  });
+
   // ARWrapperOptions::validate, for the Python wrapper's constructor (ValueError naming the value).
   m.def("validate_wrapper_options", [](double mask_prob, double next_embed_loss_weight) {
     arwrap::ARWrapperOptions().mask_prob(mask_prob).next_embed_loss_weight(next_embed_loss_weight).validate();
