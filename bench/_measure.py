@@ -183,6 +183,23 @@ def elementwise_row(steps: dict, nbytes: int, repeats: int, label: str, fields: 
     return entries, cells
 
 
+ELEMENTWISE_COLUMNS = ("arwrap ms", "eager ms", "compiled ms", "arwrap vs best", "floor ms", "arwrap / floor",
+                       "peak extra MB (arwrap / eager / compiled)")
+
+
+def write_elementwise(args, title: str, script: str, options: str, key_columns, lines, results, notes=()) -> None:
+    """The element-wise benches' results file: the title, the machine and its load, the command
+    (`python bench/<script> <options> --repeats N`), the notes, then the table: each row's own
+    key_columns before the cells elementwise_row makes."""
+    head = [f"# {title} (bench/{script})", "", f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}", "",
+            f"Command: `python bench/{script} {options} --repeats {args.repeats}`", ""]
+    for note in notes:
+        head += [note, ""]
+    head += ["| " + " | ".join((*key_columns, *ELEMENTWISE_COLUMNS)) + " |",
+             "|" + "---|" * len(key_columns) + "---:|" * len(ELEMENTWISE_COLUMNS)]
+    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+
+
 def training_step(wrapper, net, x, autocast_dtype=None):
     """One timed training step: loss = wrapper(x); loss.backward(), the net's gradients cleared;
     the forward under torch.autocast("cpu", autocast_dtype) when one is given."""

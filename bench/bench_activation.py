@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import WATCH, bench_parser, cpu_note, elementwise_row, load_note, write_results  # noqa: E402
+from _measure import bench_parser, elementwise_row, write_elementwise  # noqa: E402
 
 from configs import CONFIGS, TRAINER  # noqa: E402
 
@@ -82,19 +82,9 @@ def main():
                                                  {"config": cfg, "kind": kind, "precision": prec}, digits=1)
                 results += entries
                 lines.append(f"| {cfg} ({rows} x {inner}) | {kind} | {prec} | {cells} |")
-    head = [
-        "# The feed-forward activation, forward + backward (bench/bench_activation.py)",
-        "",
-        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
-        "",
-        "Command: `python bench/bench_activation.py --configs " + args.configs + " --precisions " + args.precisions +
-        " --kinds " + args.kinds + f" --repeats {args.repeats}`",
-        "",
-        "| config (rows x inner) | kind | precision | arwrap ms | eager ms | compiled ms | arwrap vs best | "
-        "floor ms | arwrap / floor | peak extra MB (arwrap / eager / compiled) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+    write_elementwise(args, "The feed-forward activation, forward + backward", "bench_activation.py",
+                      f"--configs {args.configs} --precisions {args.precisions} --kinds {args.kinds}",
+                      ("config (rows x inner)", "kind", "precision"), lines, results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import WATCH, bench_parser, cpu_note, elementwise_row, load_note, write_results  # noqa: E402
+from _measure import bench_parser, elementwise_row, write_elementwise  # noqa: E402
 
 from bench_step import CONFIGS  # noqa: E402  (V, dim, depth, batch, seq_len + 1, heads, rotary)
 
@@ -79,22 +79,11 @@ def main():
                                              {"config": cfg, "precision": prec})
             results += entries
             lines.append(f"| {cfg} {shape} | {prec} | {cells} |")
-    head = [
-        "# The pre-norm, forward + backward (bench/bench_norm.py)",
-        "",
-        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
-        "",
-        "Command: `python bench/bench_norm.py --configs " + args.configs + " --precisions " + args.precisions +
-        f" --repeats {args.repeats}`",
-        "",
-        "x-transformers' LayerNorm on the residual stream (float32); bf16: the output in bf16 (autocast's products' "
-        "input) and a bf16 upstream gradient.",
-        "",
-        "| config (b, n, dim) | precision | arwrap ms | eager ms | compiled ms | arwrap vs best | floor ms | "
-        "arwrap / floor | peak extra MB (arwrap / eager / compiled) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+    write_elementwise(args, "The pre-norm, forward + backward", "bench_norm.py",
+                      f"--configs {args.configs} --precisions {args.precisions}",
+                      ("config (b, n, dim)", "precision"), lines, results,
+                      notes=("x-transformers' LayerNorm on the residual stream (float32); bf16: the output in bf16 "
+                             "(autocast's products' input) and a bf16 upstream gradient.",))
 
 
 if __name__ == "__main__":

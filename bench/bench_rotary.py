@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import WATCH, bench_parser, cpu_note, elementwise_row, load_note, write_results  # noqa: E402
+from _measure import bench_parser, elementwise_row, write_elementwise  # noqa: E402
 
 from bench_attention import SHAPES  # noqa: E402  (the step configurations' (batch, heads, seq_len, dim_head))
 
@@ -76,19 +76,9 @@ def main():
                                              {"config": cfg, "precision": prec})
             results += entries
             lines.append(f"| {cfg} {SHAPES[cfg]} | {prec} | {cells} |")
-    head = [
-        "# The rotary embedding of q, forward + backward (bench/bench_rotary.py)",
-        "",
-        f"{args.threads} threads; CPU flags: {cpu_note()}. {load_note(WATCH)}",
-        "",
-        "Command: `python bench/bench_rotary.py --configs " + args.configs + " --precisions " + args.precisions +
-        f" --repeats {args.repeats}`",
-        "",
-        "| config (b, h, n, d) | precision | arwrap ms | eager ms | compiled ms | arwrap vs best | floor ms | "
-        "arwrap / floor | peak extra MB (arwrap / eager / compiled) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    write_results(args.out, head + lines, {"results": results, "floor_labels": {"time": "bytes at copy bandwidth"}})
+    write_elementwise(args, "The rotary embedding of q, forward + backward", "bench_rotary.py",
+                      f"--configs {args.configs} --precisions {args.precisions}",
+                      ("config (b, h, n, d)", "precision"), lines, results)
 
 
 if __name__ == "__main__":
