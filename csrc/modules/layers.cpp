@@ -206,16 +206,18 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOp
   if (x.device().is_cpu() && ctx.dropout == 0.0) {
     // every path of the net is causal: row i sees keys j <= i + (mk - m), the key mask and the
     // left padding through visible_keys
-    const auto options = AttentionOptions()
-                             .key_mask(ctx.visible_keys.defined() ? std::optional<at::Tensor>(ctx.visible_keys)
-                                                                  : std::nullopt)
-                             .scale(ctx.scale)
-                             .causal(true);
-    if (lse) {
-      std::tie(a, *lse) = arwrap::attention_with_lse(q, k, v, options);
+    const std::optional<at::Tensor> key_mask =
+        ctx.visible_keys.defined() ? std::optional<at::Tensor>(ctx.visible_keys) : std::nullopt;
+    at::Tensor l;
+    if (lean && !k_cache) {
+      // q, k and v are this block's alone (made above, kept by nothing but the attention: the
+      // rotary and the projections keep their inputs' tables and weights only), so the backward
+      // writes dq, dk, dv over them (ops/autograd/attention_kernel.cpp)
+      std::tie(a, l) = ops::detail::attention_consuming(q, k, v, key_mask, ctx.scale, true);
     } else {
-      a = arwrap::attention(q, k, v, options);
+      std::tie(a, l) = arwrap::attention_with_lse(q, k, v, AttentionOptions().key_mask(key_mask).scale(ctx.scale).causal(true));
     }
+    if (lse) *lse = l;
     return out_projection(a);
   }
   if (ctx.pad_bias.defined()) {

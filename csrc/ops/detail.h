@@ -79,6 +79,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
     double scale, bool causal);
+// the same written over q, k and v (dq, dk, dv): their owner must need them no more
+void attention_backward_(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
+                         const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                         const std::optional<at::Tensor>& key_mask, double scale, bool causal);
+// attention (out, lse) with autograd, whose backward (where the graph is not kept) writes the
+// gradients over q, k and v: for a caller that hands them over, nothing else holding them
+// (the native net's layer: csrc/modules/layers.cpp). autograd/attention_kernel.cpp.
+std::tuple<at::Tensor, at::Tensor> attention_consuming(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const std::optional<at::Tensor>& key_mask,
+                                                       std::optional<double> scale, bool causal);
 
 // ---- activation.cpp (internal: GELU/SiLU or its GLU, the feed-forward's)
 at::Tensor activation(const at::Tensor& f, bool glu, bool swish);

@@ -203,8 +203,9 @@ def test_create_graph_through_the_lean_blocks_is_refused_not_wrong(monkeypatch):
 @pytest.mark.parametrize("config", FF_CONFIGS)
 def test_retain_graph_gives_the_same_gradients_as_a_graph_freed_after_one_backward(config):
     # where the graph is freed, the feed-forward's backward writes d pre-activation over its saved
-    # pre-activation (one pass with the activation's recomputation); with retain_graph it keeps it
-    # and runs the two passes: the same bits either way, and a second backward still right
+    # pre-activation (one pass with the activation's recomputation) and the attention writes dq,
+    # dk, dv over its saved q, k, v; with retain_graph they keep them and run out of place: the
+    # same bits either way, and a second backward still right
     _, net = make_pair(*CONFIGS[config])
     x = torch.randint(0, V, (3, 17))
     params = [p for p in net.parameters() if p.requires_grad]

@@ -89,6 +89,73 @@ def test_bfloat16_within_its_tolerance_gradients_cosine(shape):
         assert cosine(a, b) > 0.999
 
 
+def backward_inputs(shape, dtype, strided, masked, with_lse, seed=0):
+    q, k, v = (t.to(dtype) for t in make(*shape, strided=strided, seed=seed))
+    b, _, m, n, _ = shape
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(b, n, generator=g) > 0.3 if masked else None
+    out, lse = torch.ops.arwrap.attention(q, k, v, mask, None, True)
+    grad_out = torch.randn(out.shape, generator=g).to(dtype)
+    grad_lse = torch.randn(lse.shape, generator=g).masked_fill(lse.isneginf(), 0) if with_lse else None
+    return grad_out, grad_lse, q, k, v, out, lse, mask, q.shape[-1] ** -0.5, True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[3], SHAPES[4], (2, 2, 0, 5, 16)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("strided, masked, with_lse", [(False, False, False), (True, True, True)])
+def test_backward_over_the_inputs_is_the_backward(dtype, shape, strided, masked, with_lse):
+    """attention_backward_ (the native layer's backward: dq over q, dk over k, dv over v) gives the
+    bits attention_backward gives, in the inputs' own layout: the fused kernel writes straight over
+    them (float32, bf16), the reference path (float64) computes, then copies."""
+    args = backward_inputs(shape, dtype, strided, masked, with_lse)
+    want = torch.ops.arwrap.attention_backward(*args)
+    grad_out, grad_lse, q, k, v, out, lse, mask, scale, causal = args
+    q2, k2, v2 = (t.clone() if not strided else t.transpose(1, 2).clone().transpose(1, 2) for t in (q, k, v))
+    strides = [t.stride() for t in (q2, k2, v2)]
+    ptrs = [t.data_ptr() for t in (q2, k2, v2)]
+    assert torch.ops.arwrap.attention_backward_(grad_out, grad_lse, q2, k2, v2, out, lse, mask, scale, causal) is None
+    assert [t.stride() for t in (q2, k2, v2)] == strides and [t.data_ptr() for t in (q2, k2, v2)] == ptrs
+    for got, w in zip((q2, k2, v2), want):
+        assert torch.equal(got, w)
+
+
+def test_backward_over_the_inputs_of_one_projection():
+    """q, k and v as the heads of one fused projection's output (b, n, 3, h, d): disjoint, each
+    written over in place; the same bits as the out-of-place backward."""
+    b, h, n, d = 2, 3, 37, 32
+    qkv = torch.randn(b, n, 3, h, d, generator=torch.Generator().manual_seed(5))
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    out, lse = torch.ops.arwrap.attention(q, k, v, None, None, True)
+    grad_out = torch.randn(out.shape)
+    want = torch.ops.arwrap.attention_backward(grad_out, None, q, k, v, out, lse, None, d ** -0.5, True)
+    torch.ops.arwrap.attention_backward_(grad_out, None, q, k, v, out, lse, None, d ** -0.5, True)
+    for got, w in zip((q, k, v), want):
+        assert torch.equal(got, w)
+
+
+def test_backward_over_overlapping_inputs_refuses_or_copies():
+    """k and v one tensor: the kernel cannot write both over it, so the out-of-place backward runs
+    and the copies land in order (v's gradient last); an expanded q (one element at many places)
+    cannot hold a gradient and is refused by the copy, not written wrongly."""
+    args = list(backward_inputs((1, 2, 9, 9, 16), torch.float32, False, False, False))
+    k = args[3].clone()
+    args[3], args[4] = k, k
+    args[5], args[6] = torch.ops.arwrap.attention(args[2], k, k, None, None, True)
+    want = torch.ops.arwrap.attention_backward(*args)
+    torch.ops.arwrap.attention_backward_(*args)
+    assert torch.equal(k, want[2])
+    args = list(backward_inputs((1, 2, 9, 9, 16), torch.float32, False, False, False))
+    args[2] = args[2][:, :, :1].expand(1, 2, 9, 16)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        torch.ops.arwrap.attention_backward_(*args)
+
+
+def test_backward_over_the_inputs_opcheck():
+    args = backward_inputs((1, 2, 7, 9, 16), torch.float32, True, True, True)
+    torch.library.opcheck(torch.ops.arwrap.attention_backward_.default, args)
+
+
 def test_key_mask_all_masked_rows_and_one_valid_key():
     """Batch row 0 sees one key only; batch row 1 sees none (zeros, lse -inf, zero gradients);
     causal rows before the first visible key see nothing either."""
@@ -142,7 +209,7 @@ def test_float32_same_bits_for_1_and_2_threads():
 ISA_CHECK = """
 import sys; sys.path.insert(0, {here!r})
 import torch, arwrap_cpp
-from test_attention import make, run, reference, cosine
+from test_attention import backward_inputs, make, run, reference, cosine
 for shape in [(1, 2, 70, 75, 40), (2, 1, 5, 9, 16), (1, 1, 130, 130, 64), (1, 2, 97, 101, 33)]:
     q, k, v = make(*shape, strided=True)
     out, lse, grads, ups = run(q, k, v)
@@ -157,6 +224,12 @@ for shape in [(1, 2, 70, 75, 40), (2, 1, 5, 9, 16), (1, 1, 130, 130, 64), (1, 2,
     torch.testing.assert_close(lse.double(), r_lse, atol=1e-4, rtol=1e-5)
     assert all(cosine(a, b) > 0.999 for a, b in zip(grads, r_grads)), [cosine(a, b) for a, b in zip(grads, r_grads)]
     torch.save([out, *grads], {out_file!r} + "_" + "x".join(map(str, shape)))
+    # this build's backward written over q, k, v: the bits of its out-of-place backward
+    for dtype in (torch.float32, torch.bfloat16):
+        args = backward_inputs(shape, dtype, True, True, True)
+        want = torch.ops.arwrap.attention_backward(*args)
+        torch.ops.arwrap.attention_backward_(*args)
+        assert all(torch.equal(a, b) for a, b in zip(args[2:5], want))
 print("ok", arwrap_cpp.attention_cpu_kernel())
 """
 
@@ -181,8 +254,9 @@ def cpu_flags():
 def test_every_instruction_set_matches_float64(isa, tmp_path):
     """Each per-ISA build of the kernel (ARWRAP_CPU_ISA; one the CPU lacks falls back to the best it
     has), float32 against float64 and bfloat16 within its tolerance (avx512_bf16: the products on
-    vdpbf16ps, amx: on AMX tiles; P and dS rounded to bfloat16 in both), and the build that ran is
-    the one asked for where the CPU has what it needs."""
+    vdpbf16ps, amx: on AMX tiles; P and dS rounded to bfloat16 in both), its backward written over
+    q, k, v the same bits as out of place, and the build that ran is the one asked for where the
+    CPU has what it needs."""
     _, kernel = run_isa(isa, tmp_path)
     needs = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw"}, "avx512_bf16": {"avx512f", "avx512_bf16"},
              "amx": {"avx512_bf16", "amx_bf16", "amx_tile"}}

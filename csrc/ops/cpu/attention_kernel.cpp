@@ -7,9 +7,11 @@
 #include "../attention_math.h"
 #include "attention_simd.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <limits>
 #include <vector>
 
@@ -89,18 +91,18 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
-    double scale, bool causal) {
-  if (!fused(q)) return math::backward(grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal);
-  const AttentionShape s = check_attention_args("attention_backward", q, k, v, key_mask);
-  check_attention_backward_args(grad_out, grad_lse, out, lse, s);
-  TORCH_CHECK_VALUE(grad_out.scalar_type() == q.scalar_type(), "attention_backward: grad_out must be ",
-                    q.scalar_type(), ", got ", grad_out.scalar_type());
-  auto [dq, dk, dv] = alloc_attention_grads(q, s);
-  if (s.m == 0) return {dq, dk.zero_(), dv.zero_()};
-  if (q.numel() == 0) return {dq, dk, dv};
+// The fused backward into dq, dk, dv (s checked). They may be q, k and v themselves: each head's
+// kernel packs its q, k, v and dout into its scratch before it writes any of that head's
+// gradients, and the heads' memory is disjoint (attention_backward_inplace_cpu checks).
+void fused_backward(const AttentionShape& s, const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse,
+                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                    const at::Tensor& lse, const std::optional<at::Tensor>& key_mask, double scale, bool causal,
+                    const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv) {
+  if (s.m == 0) {
+    dk.zero_(), dv.zero_();
+    return;
+  }
+  if (q.numel() == 0) return;
   const auto& K = attn::kernels();
   const at::Tensor bias = key_bias(key_mask);
   const at::Tensor L = lse.to(at::kFloat).contiguous();
@@ -112,7 +114,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
                              L.const_data_ptr<float>() + row, G.defined() ? G.const_data_ptr<float>() + row : nullptr,
                              mut_head(dq, b, h), mut_head(dk, b, h), mut_head(dv, b, h), scratch);
                 });
+}
+
+void check_grad_out_dtype(const char* op, const at::Tensor& grad_out, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(grad_out.scalar_type() == q.scalar_type(), op, ": grad_out must be ", q.scalar_type(), ", got ",
+                    grad_out.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_mask,
+    double scale, bool causal) {
+  if (!fused(q)) return math::backward(grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal);
+  const AttentionShape s = check_attention_args("attention_backward", q, k, v, key_mask);
+  check_attention_backward_args(grad_out, grad_lse, out, lse, s);
+  check_grad_out_dtype("attention_backward", grad_out, q);
+  auto [dq, dk, dv] = alloc_attention_grads(q, s);
+  fused_backward(s, grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal, dq, dk, dv);
   return {dq, dk, dv};
+}
+
+// Over q, k and v where each is one block of memory of its own (no element twice, none shared
+// with another argument); otherwise (and for the reference path's dtypes) the out-of-place
+// backward, then copies.
+void attention_backward_inplace_cpu(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse,
+                                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                    const at::Tensor& lse, const std::optional<at::Tensor>& key_mask, double scale,
+                                    bool causal) {
+  const AttentionShape s = check_attention_args("attention_backward_", q, k, v, key_mask);
+  check_attention_backward_args(grad_out, grad_lse, out, lse, s);
+  bool apart = fused(q);
+  const std::array<const at::Tensor*, 3> written = {&q, &k, &v};
+  for (size_t i = 0; apart && i < written.size(); ++i) {
+    const at::Tensor& t = *written[i];
+    apart = at::has_internal_overlap(t) == at::MemOverlap::No;
+    for (const at::Tensor* other : {&q, &k, &v, &out, &grad_out}) {
+      if (other != written[i] && apart) apart = at::get_overlap_status(t, *other) == at::MemOverlapStatus::No;
+    }
+  }
+  if (!apart) {
+    const auto [dq, dk, dv] = attention_backward_cpu(grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal);
+    q.copy_(dq), k.copy_(dk), v.copy_(dv);
+    return;
+  }
+  check_grad_out_dtype("attention_backward_", grad_out, q);
+  fused_backward(s, grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal, q, k, v);
 }
 
 }  // namespace
@@ -120,6 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
 TORCH_LIBRARY_IMPL(arwrap, CPU, m) {
   m.impl("attention", &attention_cpu);
   m.impl("attention_backward", &attention_backward_cpu);
+  m.impl("attention_backward_", &attention_backward_inplace_cpu);
 }
 
 }  // namespace arwrap::ops::cpu

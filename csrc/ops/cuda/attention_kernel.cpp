@@ -63,11 +63,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   return {dq, dk, dv};
 }
 
+// over q, k and v: the backward above, then copies (no memory saved on the GPU; correct)
+void attention_backward_inplace_cuda(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse,
+                                     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                     const at::Tensor& lse, const std::optional<at::Tensor>& key_mask, double scale,
+                                     bool causal) {
+  const auto [dq, dk, dv] = attention_backward_cuda(grad_out, grad_lse, q, k, v, out, lse, key_mask, scale, causal);
+  q.copy_(dq);
+  k.copy_(dk);
+  v.copy_(dv);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(arwrap, CUDA, m) {
   m.impl("attention", &attention_cuda);
   m.impl("attention_backward", &attention_backward_cuda);
+  m.impl("attention_backward_", &attention_backward_inplace_cuda);
 }
 
 }  // namespace arwrap::ops::cuda
