@@ -73,7 +73,6 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
                             const at::Tensor& b_in, const at::Tensor& w_out, const at::Tensor& b_out, bool glu,
                             bool swish, bool rms, bool unit_offset) {
     const at::ScalarType dt = product_dtype(y);
-    const bool rms_ = rms, offset = unit_offset;
     const at::Tensor wi = w_in.to(dt), bi = b_in.to(dt), bo = b_out.to(dt), wo = w_out.to(dt);
     const int64_t D = y.size(-1), rows = y.numel() / std::max<int64_t>(D, 1), w = wi.size(0), out_dim = wo.size(0);
     const at::Tensor y2 = y.reshape({rows, D});
@@ -88,7 +87,7 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     for (int64_t r = 0; r < rows; r += step) {
       const int64_t n = std::min(step, rows - r);
       const at::Tensor f_r = f2.narrow(0, r, n);
-      linear_into(f_r, norm_values(y2.narrow(0, r, n), gamma, rms_, offset, dt), wi, bi);
+      linear_into(f_r, norm_values(y2.narrow(0, r, n), gamma, rms, unit_offset, dt), wi, bi);
       linear_into(out2.narrow(0, r, n), activate(f_r, glu, swish), wo, bo);
     }
     // the weights' casts are made again in the backward: kept, they cost more memory (A bf16: 29 MB
@@ -114,7 +113,7 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     // memory: (4096, 512) x (512, 2048) bf16 3.26 ms either way, and its cast took 10x a plain one.)
     const at::Tensor wi = w_in.to(dt), wo = w_out.to(dt);
     const at::Tensor g = grads[0].to(dt).reshape({rows, out_dim});
-    const at::Tensor y2 = y.reshape({rows, D});
+    const at::Tensor y2 = y.reshape({rows, D}), f2 = f.view({rows, w});
     const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
     // The weights' gradients are summed over the chunks in float32 (float64 for float64 weights),
     // by addmm_acc_: in a low-precision dtype each chunk's product is rounded once, then added.
@@ -133,7 +132,7 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
       const int64_t n = std::min(step, rows - r);
       const at::Tensor g_r = g.narrow(0, r, n), y_r = y2.narrow(0, r, n);
       at::Tensor da = ops::mm_lowp(g_r, wo);
-      const at::Tensor f_r = f.view({rows, w}).narrow(0, r, n);
+      const at::Tensor f_r = f2.narrow(0, r, n);
       const at::Tensor df = keep ? f_r.clone() : f_r;
       {
         const at::AutoDispatchBelowADInplaceOrView guard;

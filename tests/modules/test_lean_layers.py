@@ -58,8 +58,8 @@ def test_gradients_are_the_compositions(config):
 def test_many_chunks_of_rows_give_the_compositions_gradients(glu):
     """A batch of 1200 rows at an inner width of 1024 (4 KiB a row in float32, 8 with GLU) runs the
     block over chunks of 512 rows, the last one short (lean_feed_forward.cpp, chunk_rows): loss and
-    gradients are x-transformers' (within 1e-6 relative on the block's
-    weights), and the kept graph's backward gives the freed graph's bits."""
+    gradients are x-transformers' (within 1e-6 relative on the block's weights), and the kept
+    graph's backward gives the freed graph's bits."""
     from x_transformers import AutoregressiveWrapper as XAR
 
     dkw = {"ff_mult": 16, "ff_glu": glu, "ff_swish": glu}

@@ -1,6 +1,7 @@
-// Meta (shape-only) kernel of attention, attention_backward and attention_backward_ (checks only): the same checks and
-// allocations (strides included) as the real kernels (../attention_args.h), without touching
-// data. It makes the operator work with fake tensors, torch.compile and torch.export.
+// Meta (shape-only) kernel of attention, attention_backward and attention_backward_: the same
+// checks and allocations (strides included; attention_backward_ allocates nothing) as the real
+// kernels (../attention_args.h), without touching data. It makes the operator work with fake
+// tensors, torch.compile and torch.export.
 #include "../attention_args.h"
 
 #include <torch/library.h>
