@@ -5,11 +5,15 @@
 // recording and saves x and the ten weights (the weights are the parameters: saving them costs
 // nothing). Its backward runs decoder_layer again, recording, on detached copies of x and the
 // weights, under the forward's random state (dropout draws the same masks) and autocast
-// settings, then back-propagates the incoming gradients through that graph
-// (torch::autograd::grad) and hands the gradients of x and the weights on. The recomputation
-// takes the kernels the recorded forward takes (RecordedKernelsGuard), so values and gradients
-// are those of decoder_layer bit for bit in float32. The graph it builds lives only inside the
-// backward: at most one layer's activations at a time.
+// settings, then back-propagates the incoming gradients through that graph and hands the
+// gradients of x and the weights on. Where the feed-forward is the lean block (no dropout
+// drawn), only the attention block is recorded again: the feed-forward's backward runs straight
+// from x and the attention's output, making its input rows and pre-activation again a chunk of
+// rows at a time (lean_feed_forward_backward), so the recomputation runs no feed-forward forward
+// (two products fewer) and holds no feed-forward activation whole. The recomputation takes the
+// kernels the recorded forward takes (RecordedKernelsGuard), so values and gradients are those of
+// decoder_layer bit for bit in float32. The graph it builds lives only inside the backward: at
+// most one layer's attention activations at a time.
 //
 // torch.utils.checkpoint's reentrant variant is the same idea in Python; unlike it, this node is
 // not twice differentiable (create_graph through it is refused).
@@ -18,6 +22,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
@@ -139,7 +144,16 @@ struct LayerRecompute : public torch::autograd::Node {
     for (size_t i = 0; i < w_.size(); ++i) leaf(w_[i], i + 1);
     const LayerWeights w = LayerWeights::from_list(at::TensorList(inputs).slice(1));
 
-    at::Tensor y, lse;
+    // Where the feed-forward is the lean block and the layer output's gradient came, only the
+    // attention block is recorded (its output p; the layer is x + p + block(x + p)): the
+    // feed-forward's backward runs straight from x and p (lean_feed_forward_backward, which makes
+    // the block's input rows and its pre-activation again a chunk at a time, by the recorded
+    // forward's kernels), so the recomputation runs no feed-forward forward and holds neither the
+    // residual stream x + p nor the pre-activation whole: the same bits, two products fewer.
+    const bool ff_direct = dy && lean_feed_forward_applies(d_, training_);
+    at::Tensor y, lse;  // y: the recorded output (the layer's, or with ff_direct the attention block's)
+    at::Tensor d_residual;  // with ff_direct: the gradient of x + p
+    variable_list ff;  // with ff_direct: d (x + p, ff_norm, ff_in_w, ff_in_b, ff_out_w, ff_out_b)
     {
       const at::Device device = inputs[0].device();
       at::Tensor rng_after;
@@ -148,33 +162,77 @@ struct LayerRecompute : public torch::autograd::Node {
         set_rng_state(device, rng_);
       }
       {
-        at::AutoGradMode recording(true);
         AutocastScope autocast(autocast_);
         RecordedKernelsGuard same_kernels;
-        y = decoder_layer(inputs[0], w, d_, ctx_, training_, nullptr, nullptr, with_lse_ ? &lse : nullptr);
+        {
+          at::AutoGradMode recording(true);
+          at::Tensor* l = with_lse_ ? &lse : nullptr;
+          y = ff_direct ? attention(inputs[0], w, d_, ctx_, nullptr, nullptr, l)
+                        : decoder_layer(inputs[0], w, d_, ctx_, training_, nullptr, nullptr, l);
+        }
+        if (ff_direct) {
+          // d (x + p) = the block's d input + the output's gradient, written over that gradient
+          // where nothing but this call holds it (the engine hands it over), else into new memory
+          const at::Tensor& g0 = grads[0];
+          const bool ours = g0.use_count() == 1 && g0.storage().use_count() == 1 && g0.is_contiguous() &&
+                            g0.scalar_type() == inputs[0].scalar_type() && g0.sizes() == inputs[0].sizes();
+          const at::Tensor into = ours ? g0 : at::empty(inputs[0].sizes(), inputs[0].options());
+          ff = lean_feed_forward_backward(g0, inputs[0].detach(), y.detach(), w, d_, into);
+          grads[0].reset();
+          d_residual = ff[0];
+        }
       }
       if (rng_after.defined()) set_rng_state(device, rng_after);
     }
-
-    variable_list outputs, grad_outputs, wanted;
-    std::vector<size_t> where;
-    if (dy) {
-      outputs.push_back(y);
-      grad_outputs.push_back(grads[0]);
+    constexpr size_t kFirstFF = 6;  // inputs: x, then LayerWeights::list(): ff_norm is the sixth weight
+    if (ff_direct) {
+      for (size_t i = kFirstFF; i < n_in; ++i) {
+        if (should_compute_output(i)) out[i] = ff[1 + i - kFirstFF];
+      }
+      ff.clear();
     }
+
+    // Back through the recorded graph from its roots' gradient edges (what torch::autograd::grad
+    // does, with the engine called directly): y's memory goes before the backward runs, as the
+    // graph holds no reference to it (residual_add and the output projection keep their inputs).
+    torch::autograd::edge_list roots, wanted;
+    variable_list grad_outputs;
+    if (dy && y.requires_grad()) {
+      roots.push_back(torch::autograd::impl::gradient_edge(y));
+      // p's gradient is the residual stream's, in p's dtype (residual_add's backward)
+      grad_outputs.push_back(ff_direct ? d_residual.to(y.scalar_type()) : grads[0]);
+    }
+    y.reset();
+    if (!ff_direct) grads[0].reset();
     if (dlse) {
-      outputs.push_back(lse);
+      roots.push_back(torch::autograd::impl::gradient_edge(lse));
       grad_outputs.push_back(grads[1]);
     }
-    for (size_t i = 0; i < n_in; ++i) {
-      if (inputs[i].requires_grad()) {
-        wanted.push_back(inputs[i]);
-        where.push_back(i);
+    lse.reset();
+    std::vector<size_t> where;
+    const size_t recorded = ff_direct ? kFirstFF : n_in;
+    for (size_t i = 0; i < recorded; ++i) {
+      if (!inputs[i].requires_grad()) continue;
+      // a leaf the recording did not reach has no accumulator: its gradient stays undefined (zero)
+      auto acc = torch::autograd::impl::try_get_grad_accumulator(inputs[i]);
+      if (!acc) continue;
+      wanted.emplace_back(std::move(acc), 0);
+      where.push_back(i);
+    }
+    variable_list g(wanted.size());
+    if (!wanted.empty() && !roots.empty()) {
+      g = torch::autograd::Engine::get_default_engine().execute(roots, grad_outputs, /*keep_graph=*/false,
+                                                                /*create_graph=*/false,
+                                                                /*accumulate_grad=*/false, wanted);
+    }
+    // x's gradient through the residual: added as the engine adds a second gradient (exact in either order)
+    if (ff_direct && should_compute_output(0)) {
+      if (!where.empty() && where[0] == 0 && g[0].defined()) {
+        g[0] = g[0].add_(d_residual);  // the engine's result is this call's alone
+      } else {
+        out[0] = d_residual;
       }
     }
-    if (wanted.empty()) return out;
-    const variable_list g = torch::autograd::grad(outputs, wanted, grad_outputs, /*retain_graph=*/false,
-                                                  /*create_graph=*/false, /*allow_unused=*/true);
     for (size_t j = 0; j < where.size(); ++j) out[where[j]] = g[j];
     return out;
   }

@@ -159,11 +159,15 @@ at::Tensor apply_rotary(const at::Tensor& t, const Rotary& rotary) {
   return ops::detail::rotary(t, rotary.cos, rotary.sin);
 }
 
-bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
-  if (!at::GradMode::is_enabled()) return false;
+bool lean_layers_enabled() {
   // ARWRAP_LEAN_LAYERS=0: the plain ATen composition everywhere (bench/bench_step.py's
   // native_composed contender measures what the lean blocks cost); read at each call
-  if (const char* lean = std::getenv("ARWRAP_LEAN_LAYERS"); lean && std::string(lean) == "0") return false;
+  const char* lean = std::getenv("ARWRAP_LEAN_LAYERS");
+  return !(lean && std::string(lean) == "0");
+}
+
+bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights) {
+  if (!at::GradMode::is_enabled() || !lean_layers_enabled()) return false;
   bool any = x.requires_grad();
   for (const at::Tensor& w : weights) any = any || (w.defined() && w.requires_grad());
   return any;
@@ -240,8 +244,12 @@ at::Tensor attention(const at::Tensor& x, const LayerWeights& w, const DecoderOp
 
 at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d, bool training) {
   const bool dropout = training && d.ff_dropout() > 0;
-  if (!dropout && records(y, {w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b}))
-    return lean_feed_forward(y, w, d);
+  if (lean_feed_forward_applies(d, training)) {
+    if (records(y, {w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b})) return lean_feed_forward(y, w, d);
+    // checkpoint_layers' forward (not recording, the recorded kernels): the lean block's bits,
+    // without the batch-wide pre-activation and activation output the composition holds
+    if (recorded_kernels && !at::GradMode::is_enabled()) return lean_feed_forward_values(y, w, d);
+  }
   at::Tensor f = project(norm(y, w.ff_norm, d.use_rmsnorm(), d.norm_add_unit_offset()), w.ff_in_w, w.ff_in_b);
   f = ops::detail::activation(f, d.ff_glu(), d.ff_swish());  // GELU/SiLU or its GLU, with its own backward
   if (dropout) f = at::dropout(f, d.ff_dropout(), true);
@@ -266,15 +274,23 @@ class ResidualAdd : public torch::autograd::Function<ResidualAdd> {
   }
 };
 
+bool one_pass_residual(const at::Tensor& x, const at::Tensor& p) {
+  return x.device().is_cpu() && p.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         p.scalar_type() == at::kBFloat16 && x.sizes() == p.sizes() && x.is_contiguous() && p.is_contiguous();
+}
+
 at::Tensor residual_add(const at::Tensor& x, const at::Tensor& p) {
-  if (!(x.device().is_cpu() && p.device().is_cpu() && x.scalar_type() == at::kFloat &&
-        p.scalar_type() == at::kBFloat16 && x.sizes() == p.sizes() && x.is_contiguous() && p.is_contiguous()))
-    return x + p;
+  if (!one_pass_residual(x, p)) return x + p;
   if (at::GradMode::is_enabled() && (x.requires_grad() || p.requires_grad())) return ResidualAdd::apply(x, p);
   return ops::add_bf16(x, p);
 }
 
 }  // namespace
+
+at::Tensor residual_values(const at::Tensor& x, const at::Tensor& p) {
+  const at::AutoGradMode not_recording(false);
+  return one_pass_residual(x, p) ? ops::add_bf16(x, p) : x + p;
+}
 
 at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
                          const AttentionContext& ctx, bool training, at::Tensor* k_cache, at::Tensor* v_cache,

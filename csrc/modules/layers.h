@@ -92,10 +92,37 @@ at::Tensor feed_forward(const at::Tensor& y, const LayerWeights& w, const Decode
 // (lean_feed_forward.cpp).
 at::Tensor lean_feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d);
 
+// The same block's values only, not recording, one chunk of rows' pre-activation at a time (the
+// forward of a checkpoint_layers layer: the bits lean_feed_forward gives).
+at::Tensor lean_feed_forward_values(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d);
+
+// The rows of one pass of a lean block over chunks of rows whose widest temporary row has
+// row_bytes: at most 2 MiB of it, at least 512 rows; fixed by the shape alone, so the thread count
+// changes no bit (lean_feed_forward.cpp).
+int64_t chunk_rows(int64_t rows, int64_t row_bytes);
+
+// Whether feed_forward takes lean_feed_forward where a backward will run: no dropout drawn, and
+// lean_layers_enabled().
+bool lean_feed_forward_applies(const DecoderOptions& d, bool training);
+
+// lean_feed_forward's backward with no forward behind it, for the layer's second half y + block(y)
+// with y = residual_values(x, p) (x the layer's input, p the attention block's output): the
+// gradients of (y, ff_norm, ff_in_w, ff_in_b, ff_out_w, ff_out_b) from grad, the gradient of the
+// layer's output, where y's is the block's d y plus grad (the residual's), written into `into`
+// (contiguous, x's shape and dtype; grad itself where nothing else holds it). y's rows and the
+// pre-activation are made again a chunk of rows at a time (the forward's kernels: the bits
+// lean_feed_forward's backward reads), so neither is ever whole. checkpoint_layers'
+// recomputation uses it: it runs no feed-forward forward at all. Not recording; under the
+// forward's autocast settings.
+std::vector<at::Tensor> lean_feed_forward_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& p,
+                                                   const LayerWeights& w, const DecoderOptions& d,
+                                                   const at::Tensor& into);
+
 // Whether a backward will run through a block with input x and these weights: recording, and
 // something needs a gradient (and ARWRAP_LEAN_LAYERS is not 0: the benches' switch to the plain
 // composition). Where it does, the blocks take their lean autograd functions.
 bool records(const at::Tensor& x, std::initializer_list<at::Tensor> weights);
+bool lean_layers_enabled();
 
 // The lean blocks' backward is not differentiable itself (their recomputation runs on detached
 // leaves): a backward with create_graph=True through one is refused with a clear error, naming
@@ -116,6 +143,11 @@ std::pair<at::Tensor, at::Tensor> norm_grads(const at::Tensor& dh, const at::Ten
 // under autocast, as project() computes them.
 std::vector<at::Tensor> normed_projections(const at::Tensor& x, const at::Tensor& gamma, bool rms, bool unit_offset,
                                            at::TensorList weights);
+
+// x + p, the residual stream after a block with output p, without recording: one pass for a
+// float32 x and a bf16 p on the CPU (ops::add_bf16), x + p elsewhere. Elementwise: a chunk of
+// rows gives the rows' bits of the whole.
+at::Tensor residual_values(const at::Tensor& x, const at::Tensor& p);
 
 // One pre-norm residual layer: x + attention(norm(x)), then + feed_forward(norm(.)); the caches
 // and lse as in attention().

@@ -51,11 +51,6 @@ at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
 constexpr int64_t kChunkBytes = int64_t{2} << 20;
 constexpr int64_t kMinRows = 512;
 
-int64_t chunk_rows(int64_t rows, int64_t row_bytes) {
-  const int64_t chunks = std::max<int64_t>(1, (rows * row_bytes + kChunkBytes - 1) / kChunkBytes);
-  const int64_t n = (rows + chunks - 1) / chunks;
-  return std::min(rows, std::max(n, kMinRows));
-}
 
 // out := x @ w^T + b (out 2-d rows of the result, x, w, b in one dtype), ATen's linear on 2-d x
 // (addmm), on the float32 route of low_precision_mm.h where ATen's low-precision CPU GEMM is slow
@@ -67,29 +62,127 @@ void linear_into(at::Tensor out, const at::Tensor& x, const at::Tensor& w, const
   out.copy_(ops::linear_lowp(x, w, b));
 }
 
+// The block's backward: the gradients of (y, gamma, w_in, b_in, w_out, b_out) from g, the
+// gradient of its output. f is the forward's saved pre-activation, or undefined: then each
+// chunk's is made again from y here, by the forward's kernel on the forward's chunk of rows
+// (the same bits), before its backward uses it (checkpoint_layers: lean_feed_forward_backward).
+// b_in is read only then. Under the forward's autocast settings when f is made here.
+// For checkpoint_layers' layer, y + block(y) with y = x + p (residual_values): given p, y is x
+// and each chunk's rows of the block's input are made from x's and p's (the layer's forward's
+// kernel); given residual (the layer output's gradient), d y + residual comes back instead of
+// d y, in `into` (contiguous, x's shape and dtype; residual's own memory is fine: each chunk's
+// rows are written once that chunk has read them).
+variable_list block_backward(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& f,
+                             const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_out, bool glu,
+                             bool swish, bool rms, bool unit_offset, bool keep, const at::Tensor& p = {},
+                             const at::Tensor& residual = {}, const at::Tensor& into = {}) {
+  const at::ScalarType dt = f.defined() ? f.scalar_type() : product_dtype(y);
+  const int64_t out_dim = w_out.size(0), D = y.size(-1), w = w_in.size(0), rows = y.numel() / std::max<int64_t>(D, 1);
+  // the products' weights, cast as the forward cast them. (w_out cast into transposed memory, for
+  // d activation = g w_out, measured no faster once the product's output is not freshly mapped
+  // memory: (4096, 512) x (512, 2048) bf16 3.26 ms either way, and its cast took 10x a plain one.)
+  const at::Tensor wi = w_in.to(dt), wo = w_out.to(dt), bi = f.defined() ? at::Tensor() : b_in.to(dt);
+  // g in the products' dtype, cast a chunk at a time (a batch-wide copy would sit beside every
+  // layer's saved tensors); float32's is g itself
+  const at::Tensor g = grad.reshape({rows, out_dim});
+  const bool cast = g.scalar_type() != dt;
+  const at::Tensor y2 = y.reshape({rows, D}), f2 = f.defined() ? f.view({rows, w}) : at::Tensor();
+  // The weights' gradients are summed over the chunks in float32 (float64 for float64 weights),
+  // by addmm_acc_: in a low-precision dtype each chunk's product is rounded once, then added.
+  const auto acc = w_in.options().dtype(ops::is_low_precision(w_in) ? at::kFloat : w_in.scalar_type());
+  at::Tensor d_w_out = at::zeros(w_out.sizes(), acc), d_w_in = at::zeros(w_in.sizes(), acc);
+  at::Tensor d_b_in = at::zeros({w}, acc), d_gamma = at::zeros_like(gamma);
+  // the second bias's gradient: the column sums of g in the products' dtype (summed in float32
+  // over the chunks where g is cast)
+  at::Tensor d_b_out = cast ? at::zeros({out_dim}, acc) : g.sum(0);
+  TORCH_INTERNAL_ASSERT(!residual.defined() || (into.defined() && into.is_contiguous() && into.sizes() == y.sizes()));
+  // d y in y's shape (a view handed back would keep its base alive: the engine could not add
+  // the residual's gradient into it in place), written through a 2-d view
+  const at::Tensor d_y_out = into.defined() ? into : at::empty(y.sizes(), y.options());
+  const at::Tensor d_y = d_y_out.view({rows, D});
+  const at::Tensor res2 = residual.defined() ? residual.reshape({rows, D}) : at::Tensor();
+  const at::Tensor p2 = p.defined() ? p.reshape({rows, D}) : at::Tensor();
+  // Per chunk, one inner-wide temporary besides f (the backward of the last layer runs while
+  // every layer's saved tensors are alive). One pass recomputes the activation's output over
+  // d activation and writes d pre-activation over f, which is this block's alone: where the
+  // graph is freed after this backward, f itself; with retain_graph f must stay as it is for
+  // the next one, so a copy of the chunk. The pass also sums d f over the rows: the bias gradient.
+  const int64_t step = chunk_rows(rows, w * c10::elementSize(dt));
+  for (int64_t r = 0; r < rows; r += step) {
+    const int64_t n = std::min(step, rows - r);
+    const at::Tensor g_r = g.narrow(0, r, n).to(dt);
+    const at::Tensor y_r = p.defined() ? residual_values(y2.narrow(0, r, n), p2.narrow(0, r, n)) : y2.narrow(0, r, n);
+    if (cast) d_b_out.add_(at::sum(g_r, 0, false, acc.dtype().toScalarType()));
+    at::Tensor da = ops::mm_lowp(g_r, wo);
+    at::Tensor df, h2;
+    if (f.defined()) {
+      const at::Tensor f_r = f2.narrow(0, r, n);
+      df = keep ? f_r.clone() : f_r;
+    } else {
+      h2 = norm_values(y_r, gamma, rms, unit_offset, dt);
+      df = at::empty({n, w}, y.options().dtype(dt));
+      linear_into(df, h2, wi, bi);
+    }
+    {
+      const at::AutoDispatchBelowADInplaceOrView guard;
+      d_b_in.add_(ops::detail::activation_backward_recompute_(da, df, glu, swish));
+    }
+    ops::addmm_acc_(d_w_out, g_r.t(), da, r == 0);
+    da.reset();
+    if (!h2.defined()) h2 = norm_values(y_r, gamma, rms, unit_offset, dt);  // the forward's, again
+    ops::addmm_acc_(d_w_in, df.t(), h2, r == 0);
+    // d h in the products' dtype: the norm's backward widens it as it reads (autocast's cast, exact)
+    const auto [d_y_r, d_gamma_r] = norm_grads(ops::mm_lowp(df, wi), y_r, gamma, rms, unit_offset);
+    if (res2.defined()) {
+      at::Tensor dst = d_y.narrow(0, r, n);  // over res2's rows when into is residual: read above
+      at::add_out(dst, d_y_r, res2.narrow(0, r, n));
+    } else {
+      d_y.narrow(0, r, n).copy_(d_y_r);
+    }
+    d_gamma.add_(d_gamma_r);
+  }
+  return {d_y_out, d_gamma, d_w_in.to(w_in.scalar_type()), d_b_in.to(w_in.scalar_type()),
+          d_w_out.to(w_out.scalar_type()), d_b_out.to(w_out.scalar_type())};
+}
+
+// The block's forward over chunks of rows: its output; with f_keep, the pre-activation too (in
+// y's shape, the block's (..., w) layout), else only one chunk's pre-activation at a time.
+at::Tensor block_forward(const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& w_in, const at::Tensor& b_in,
+                         const at::Tensor& w_out, const at::Tensor& b_out, bool glu, bool swish, bool rms,
+                         bool unit_offset, at::Tensor* f_keep) {
+  const at::ScalarType dt = product_dtype(y);
+  const at::Tensor wi = w_in.to(dt), bi = b_in.to(dt), bo = b_out.to(dt), wo = w_out.to(dt);
+  const int64_t D = y.size(-1), rows = y.numel() / std::max<int64_t>(D, 1), w = wi.size(0), out_dim = wo.size(0);
+  const at::Tensor y2 = y.reshape({rows, D});
+  const int64_t step = chunk_rows(rows, w * c10::elementSize(dt));
+  std::vector<int64_t> shape = y.sizes().vec();
+  at::Tensor f2;
+  if (f_keep) {
+    shape.back() = w;
+    *f_keep = at::empty(shape, y.options().dtype(dt));
+    f2 = f_keep->view({rows, w});
+  } else {
+    f2 = at::empty({std::min(step, rows), w}, y.options().dtype(dt));
+  }
+  shape.back() = out_dim;
+  const at::Tensor out = at::empty(shape, y.options().dtype(dt));
+  const at::Tensor out2 = out.view({rows, out_dim});
+  for (int64_t r = 0; r < rows; r += step) {
+    const int64_t n = std::min(step, rows - r);
+    const at::Tensor f_r = f2.narrow(0, f_keep ? r : 0, n);
+    linear_into(f_r, norm_values(y2.narrow(0, r, n), gamma, rms, unit_offset, dt), wi, bi);
+    linear_into(out2.narrow(0, r, n), activate(f_r, glu, swish), wo, bo);
+  }
+  return out;
+}
+
 class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& gamma, const at::Tensor& w_in,
                             const at::Tensor& b_in, const at::Tensor& w_out, const at::Tensor& b_out, bool glu,
                             bool swish, bool rms, bool unit_offset) {
-    const at::ScalarType dt = product_dtype(y);
-    const at::Tensor wi = w_in.to(dt), bi = b_in.to(dt), bo = b_out.to(dt), wo = w_out.to(dt);
-    const int64_t D = y.size(-1), rows = y.numel() / std::max<int64_t>(D, 1), w = wi.size(0), out_dim = wo.size(0);
-    const at::Tensor y2 = y.reshape({rows, D});
-    // f and the output in y's shape (the saved f keeps the block's (..., w) layout), filled by rows
-    std::vector<int64_t> shape = y.sizes().vec();
-    shape.back() = w;
-    const at::Tensor f = at::empty(shape, y.options().dtype(dt));
-    shape.back() = out_dim;
-    const at::Tensor out = at::empty(shape, y.options().dtype(dt));
-    const at::Tensor f2 = f.view({rows, w}), out2 = out.view({rows, out_dim});
-    const int64_t step = chunk_rows(rows, w * f.element_size());
-    for (int64_t r = 0; r < rows; r += step) {
-      const int64_t n = std::min(step, rows - r);
-      const at::Tensor f_r = f2.narrow(0, r, n);
-      linear_into(f_r, norm_values(y2.narrow(0, r, n), gamma, rms, unit_offset, dt), wi, bi);
-      linear_into(out2.narrow(0, r, n), activate(f_r, glu, swish), wo, bo);
-    }
+    at::Tensor f;
+    const at::Tensor out = block_forward(y, gamma, w_in, b_in, w_out, b_out, glu, swish, rms, unit_offset, &f);
     // the weights' casts are made again in the backward: kept, they cost more memory (A bf16: 29 MB
     // of a 363 MB peak) than their making costs time (about 1% of T's bf16 step)
     ctx->save_for_backward({y, gamma, f, w_in, w_out});
@@ -106,54 +199,38 @@ class LeanFeedForward : public torch::autograd::Function<LeanFeedForward> {
     const at::Tensor &y = saved[0], &gamma = saved[1], &f = saved[2], &w_in = saved[3], &w_out = saved[4];
     const bool glu = ctx->saved_data["glu"].toBool(), swish = ctx->saved_data["swish"].toBool();
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
-    const at::ScalarType dt = f.scalar_type();
-    const int64_t out_dim = w_out.size(0), D = y.size(-1), w = f.size(-1), rows = f.numel() / std::max<int64_t>(w, 1);
-    // the products' weights, cast as the forward cast them. (w_out cast into transposed memory, for
-    // d activation = g w_out, measured no faster once the product's output is not freshly mapped
-    // memory: (4096, 512) x (512, 2048) bf16 3.26 ms either way, and its cast took 10x a plain one.)
-    const at::Tensor wi = w_in.to(dt), wo = w_out.to(dt);
-    const at::Tensor g = grads[0].to(dt).reshape({rows, out_dim});
-    const at::Tensor y2 = y.reshape({rows, D}), f2 = f.view({rows, w});
-    const at::Tensor d_b_out = g.sum(0).to(w_out.scalar_type());
-    // The weights' gradients are summed over the chunks in float32 (float64 for float64 weights),
-    // by addmm_acc_: in a low-precision dtype each chunk's product is rounded once, then added.
-    const auto acc = w_in.options().dtype(ops::is_low_precision(w_in) ? at::kFloat : w_in.scalar_type());
-    at::Tensor d_w_out = at::zeros(w_out.sizes(), acc), d_w_in = at::zeros(w_in.sizes(), acc);
-    at::Tensor d_b_in = at::zeros({w}, acc), d_gamma = at::zeros_like(gamma);
-    const at::Tensor d_y = at::empty(y2.sizes(), y.options());
-    // Per chunk, one inner-wide temporary besides f (the backward of the last layer runs while
-    // every layer's saved tensors are alive). One pass recomputes the activation's output over
-    // d activation and writes d pre-activation over f, which is this block's alone: where the
-    // graph is freed after this backward, f itself; with retain_graph f must stay as it is for
-    // the next one, so a copy of the chunk. The pass also sums d f over the rows: the bias gradient.
-    const bool keep = torch::autograd::get_current_graph_task_keep_graph();
-    const int64_t step = chunk_rows(rows, w * f.element_size());
-    for (int64_t r = 0; r < rows; r += step) {
-      const int64_t n = std::min(step, rows - r);
-      const at::Tensor g_r = g.narrow(0, r, n), y_r = y2.narrow(0, r, n);
-      at::Tensor da = ops::mm_lowp(g_r, wo);
-      const at::Tensor f_r = f2.narrow(0, r, n);
-      const at::Tensor df = keep ? f_r.clone() : f_r;
-      {
-        const at::AutoDispatchBelowADInplaceOrView guard;
-        d_b_in.add_(ops::detail::activation_backward_recompute_(da, df, glu, swish));
-      }
-      ops::addmm_acc_(d_w_out, g_r.t(), da, r == 0);
-      da.reset();
-      const at::Tensor h2 = norm_values(y_r, gamma, rms, unit_offset, dt);  // the forward's, again
-      ops::addmm_acc_(d_w_in, df.t(), h2, r == 0);
-      // d h in the products' dtype: the norm's backward widens it as it reads (autocast's cast, exact)
-      const auto [d_y_r, d_gamma_r] = norm_grads(ops::mm_lowp(df, wi), y_r, gamma, rms, unit_offset);
-      d_y.narrow(0, r, n).copy_(d_y_r);
-      d_gamma.add_(d_gamma_r);
-    }
-    return {d_y.view(y.sizes()), d_gamma, d_w_in.to(w_in.scalar_type()), d_b_in.to(w_in.scalar_type()),
-            d_w_out.to(w_out.scalar_type()), d_b_out,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list d = block_backward(grads[0], y, gamma, f, w_in, at::Tensor(), w_out, glu, swish, rms, unit_offset,
+                                     torch::autograd::get_current_graph_task_keep_graph());
+    d.resize(10);  // no gradients for the flags
+    return d;
   }
 };
 
 }  // namespace
+
+int64_t chunk_rows(int64_t rows, int64_t row_bytes) {
+  const int64_t chunks = std::max<int64_t>(1, (rows * row_bytes + kChunkBytes - 1) / kChunkBytes);
+  const int64_t n = (rows + chunks - 1) / chunks;
+  return std::min(rows, std::max(n, kMinRows));
+}
+
+bool lean_feed_forward_applies(const DecoderOptions& d, bool training) {
+  return !(training && d.ff_dropout() > 0) && lean_layers_enabled();
+}
+
+std::vector<at::Tensor> lean_feed_forward_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& p,
+                                                   const LayerWeights& w, const DecoderOptions& d,
+                                                   const at::Tensor& into) {
+  const at::AutoGradMode not_recording(false);
+  return block_backward(grad, x, w.ff_norm, at::Tensor(), w.ff_in_w, w.ff_in_b, w.ff_out_w, d.ff_glu(), d.ff_swish(),
+                        d.use_rmsnorm(), d.norm_add_unit_offset(), /*keep=*/false, p, /*residual=*/grad, into);
+}
+
+at::Tensor lean_feed_forward_values(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return block_forward(y, w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b, d.ff_glu(), d.ff_swish(),
+                       d.use_rmsnorm(), d.norm_add_unit_offset(), nullptr);
+}
 
 at::Tensor lean_feed_forward(const at::Tensor& y, const LayerWeights& w, const DecoderOptions& d) {
   return LeanFeedForward::apply(y, w.ff_norm, w.ff_in_w, w.ff_in_b, w.ff_out_w, w.ff_out_b, d.ff_glu(), d.ff_swish(),

@@ -74,34 +74,61 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const at::Tensor &x = saved[0], &gamma = saved[1];
     const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
-    const int64_t D = x.size(-1);
-    const at::Tensor hc = norm_values(x, gamma, rms, unit_offset, dt).reshape({-1, D});  // the forward's, again
-    // x's dtype (float32), the products' input gradients summed. Under autocast each product is
-    // rounded to its dtype and added in float32 (autocast's sum of the three casts' gradients),
-    // by addmm_acc_: bf16 products added into dh in one pass each, no float32 temporaries.
-    at::Tensor dh;
-    variable_list dweights;
-    for (size_t i = 0; i + 2 < saved.size(); ++i) {
-      const at::Tensor& w = saved[2 + i];
-      const at::Tensor& gi = grads[i];
-      if (!gi.defined()) {
-        dweights.emplace_back();
-        continue;
+    const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1), n_w = saved.size() - 2;
+    const at::Tensor x2 = x.reshape({rows, D});
+    // Over chunks of rows (chunk_rows, by dh's float32 row): the recomputed norm output and dh
+    // hold a chunk, not the batch, beside the q, k, v gradients (in checkpoint_layers' backward
+    // they made the step's peak). The weights' gradients are summed over the chunks in float32
+    // (float64 for float64 weights), as the feed-forward block's are.
+    const auto acc = x.options().dtype(ops::is_low_precision(saved[2]) ? at::kFloat : saved[2].scalar_type());
+    std::vector<at::Tensor> g(n_w), wc(n_w), dw(n_w);
+    bool any = false;
+    for (size_t i = 0; i < n_w; ++i) {
+      if (!grads[i].defined()) continue;
+      any = true;
+      g[i] = grads[i].reshape({rows, saved[2 + i].size(0)});
+      wc[i] = saved[2 + i].to(dt);
+      dw[i] = at::empty(saved[2 + i].sizes(), acc);
+    }
+    // dx made in x's shape and written through a 2-d view: a view handed back would keep its base
+    // alive, and the engine could not add the residual's gradient into it in place
+    at::Tensor dx, dx2, dgamma;
+    if (any) {
+      dx = at::empty(x.sizes(), x.options());
+      dx2 = dx.view({rows, D});
+      dgamma = at::zeros_like(gamma);
+    }
+    const int64_t step = chunk_rows(rows, D * static_cast<int64_t>(sizeof(float)));
+    for (int64_t r = 0; any && r < rows; r += step) {
+      const int64_t n = std::min(step, rows - r);
+      const at::Tensor x_r = x2.narrow(0, r, n);
+      const at::Tensor hc = norm_values(x_r, gamma, rms, unit_offset, dt);  // the forward's, again
+      // x's dtype (float32), the products' input gradients summed. Under autocast each product is
+      // rounded to its dtype and added in float32 (autocast's sum of the three casts' gradients),
+      // by addmm_acc_: bf16 products added into dh in one pass each, no float32 temporaries.
+      at::Tensor dh;
+      for (size_t i = 0; i < n_w; ++i) {
+        if (!g[i].defined()) continue;
+        const at::Tensor g_r = g[i].narrow(0, r, n).to(dt);
+        ops::addmm_acc_(dw[i], g_r.t(), hc, r == 0);
+        if (dt != x.scalar_type() && dt == at::kBFloat16 && x.device().is_cpu() && !ops::lowp_gemm_upcasts(g_r)) {
+          const bool first = !dh.defined();
+          if (first) dh = at::empty({n, D}, x.options());
+          ops::addmm_acc_(dh, g_r, wc[i], first);
+          continue;
+        }
+        const at::Tensor dhi = ops::mm_lowp(g_r, wc[i]).to(x.scalar_type());
+        dh = dh.defined() ? dh.add_(dhi) : dhi;
       }
-      const at::Tensor g = gi.to(dt).reshape({-1, w.size(0)});
-      dweights.push_back(ops::mm_lowp(g.t(), hc).to(w.scalar_type()));
-      if (dt != x.scalar_type() && dt == at::kBFloat16 && x.device().is_cpu() && !ops::lowp_gemm_upcasts(g)) {
-        const bool first = !dh.defined();
-        if (first) dh = at::empty({g.size(0), D}, x.options());
-        ops::addmm_acc_(dh, g, w.to(dt), first);
-        continue;
-      }
-      const at::Tensor dhi = ops::mm_lowp(g, w.to(dt)).to(x.scalar_type());
-      dh = dh.defined() ? dh.add_(dhi) : dhi;
+      const auto [dx_r, dgamma_r] = norm_grads(dh, x_r, gamma, rms, unit_offset);
+      dx2.narrow(0, r, n).copy_(dx_r);
+      dgamma.add_(dgamma_r);
+    }
+    variable_list dweights(n_w);
+    for (size_t i = 0; i < n_w; ++i) {
+      if (dw[i].defined()) dweights[i] = dw[i].to(saved[2 + i].scalar_type());
     }
     // one gradient per input: x, gamma, each weight of the list, then the two flags
-    at::Tensor dx, dgamma;
-    if (dh.defined()) std::tie(dx, dgamma) = norm_grads(dh.view(x.sizes()), x, gamma, rms, unit_offset);
     variable_list out = {dx, dgamma};
     out.insert(out.end(), dweights.begin(), dweights.end());
     out.resize(out.size() + 2);

@@ -87,6 +87,43 @@ def test_bf16_autocast_matches_the_plain_step(case):
         assert cos > 0.999, f"{name}: cosine {cos.item():.6f}"
 
 
+def chunked_step(checkpoint_layers, frozen=(), autocast=False):
+    """One step of a net whose blocks run over several chunks of rows (1200 rows at an inner width
+    of 1024: chunks of 512, the last one short; csrc/modules/layers.h, chunk_rows): (loss,
+    gradients by name); the parameters whose names contain a word of `frozen` take no gradient."""
+    torch.manual_seed(0)
+    net = arwrap_cpp.TransformerWrapper(num_tokens=V, max_seq_len=401, attn_layers=arwrap_cpp.Decoder(
+        dim=64, depth=2, heads=2, attn_dim_head=32, ff_mult=16, ff_glu=True, rotary_pos_emb=True,
+        checkpoint_layers=checkpoint_layers), use_abs_pos_emb=False)
+    for name, p in net.named_parameters():
+        p.requires_grad_(not any(f in name for f in frozen))
+    x = torch.randint(0, V, (3, 401), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = arwrap_cpp.AutoregressiveWrapper(net, add_attn_z_loss=True)(x)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in net.named_parameters()}, torch.zeros(())
+
+
+@pytest.mark.parametrize("frozen", [(), (".ff.",), (".to_q.", ".to_k.", ".to_v.", ".to_out.", "token_emb")],
+                         ids=["all", "ff_frozen", "attention_and_embedding_frozen"])
+def test_many_chunks_of_rows_bit_for_bit(frozen):
+    """The recomputation runs the feed-forward's backward straight from the layer's input and the
+    attention block's output, a chunk of rows at a time (layer_checkpoint.cpp): the plain net's
+    bits over several chunks too, with either block's weights frozen."""
+    plain = chunked_step(False, frozen)
+    assert sum(g is None for g in plain[1].values()) == (0 if not frozen else sum(
+        any(f in n for f in frozen) for n in plain[1]))
+    assert_same_bits(chunked_step(True, frozen), plain)
+
+
+def test_many_chunks_of_rows_bf16():
+    plain, ours = chunked_step(False, autocast=True), chunked_step(True, autocast=True)
+    assert abs(ours[0].item() - plain[0].item()) <= 1e-3 * abs(plain[0].item())
+    for name, g in plain[1].items():
+        cos = torch.nn.functional.cosine_similarity(ours[1][name].flatten().double(), g.flatten().double(), dim=0)
+        assert cos > 0.999, f"{name}: cosine {cos.item():.6f}"
+
+
 def saved_bytes(checkpoint_layers, depth):
     """Bytes the forward keeps for the backward that are not parameters (saved_tensors_hooks,
     docs/mixed_precision.md), counting a storage once."""
