@@ -85,16 +85,17 @@ variable_list block_backward(const at::Tensor& grad, const at::Tensor& y, const 
   // g in the products' dtype, cast a chunk at a time (a batch-wide copy would sit beside every
   // layer's saved tensors); float32's is g itself
   const at::Tensor g = grad.reshape({rows, out_dim});
-  const bool cast = g.scalar_type() != dt;
   const at::Tensor y2 = y.reshape({rows, D}), f2 = f.defined() ? f.view({rows, w}) : at::Tensor();
   // The weights' gradients are summed over the chunks in float32 (float64 for float64 weights),
   // by addmm_acc_: in a low-precision dtype each chunk's product is rounded once, then added.
   const auto acc = w_in.options().dtype(ops::is_low_precision(w_in) ? at::kFloat : w_in.scalar_type());
   at::Tensor d_w_out = at::zeros(w_out.sizes(), acc), d_w_in = at::zeros(w_in.sizes(), acc);
   at::Tensor d_b_in = at::zeros({w}, acc), d_gamma = at::zeros_like(gamma);
-  // the second bias's gradient: the column sums of g in the products' dtype (summed in float32
-  // over the chunks where g is cast)
-  at::Tensor d_b_out = cast ? at::zeros({out_dim}, acc) : g.sum(0);
+  // the second bias's gradient: the column sums of g in the products' dtype; a low-precision
+  // one's summed in float32 a chunk at a time, so a float32 g cast here per chunk
+  // (checkpoint_layers) and a bf16 g cast by the residual's backward give the same bits
+  const bool lowp = ops::is_low_precision(w_in) || at::isReducedFloatingType(dt);
+  at::Tensor d_b_out = lowp ? at::zeros({out_dim}, acc) : g.sum(0);
   TORCH_INTERNAL_ASSERT(!residual.defined() || (into.defined() && into.is_contiguous() && into.sizes() == y.sizes()));
   // d y in y's shape (a view handed back would keep its base alive: the engine could not add
   // the residual's gradient into it in place), written through a 2-d view
@@ -112,7 +113,7 @@ variable_list block_backward(const at::Tensor& grad, const at::Tensor& y, const 
     const int64_t n = std::min(step, rows - r);
     const at::Tensor g_r = g.narrow(0, r, n).to(dt);
     const at::Tensor y_r = p.defined() ? residual_values(y2.narrow(0, r, n), p2.narrow(0, r, n)) : y2.narrow(0, r, n);
-    if (cast) d_b_out.add_(at::sum(g_r, 0, false, acc.dtype().toScalarType()));
+    if (lowp) d_b_out.add_(at::sum(g_r, 0, false, acc.dtype().toScalarType()));
     at::Tensor da = ops::mm_lowp(g_r, wo);
     at::Tensor df, h2;
     if (f.defined()) {

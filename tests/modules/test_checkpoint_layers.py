@@ -79,12 +79,7 @@ def test_deterministic_for_one_and_two_threads(threads):
 @pytest.mark.parametrize("case", ["rotary_dim_qk_scale_glu", "z_loss_rotary_prepend"])
 def test_bf16_autocast_matches_the_plain_step(case):
     plain, ours = step(case, False, autocast=True), step(case, True, autocast=True)
-    assert abs(ours[0].item() - plain[0].item()) <= 1e-3 * abs(plain[0].item())
-    for name, g in plain[1].items():
-        if g is None:
-            continue
-        cos = torch.nn.functional.cosine_similarity(ours[1][name].flatten().double(), g.flatten().double(), dim=0)
-        assert cos > 0.999, f"{name}: cosine {cos.item():.6f}"
+    assert_same_bits(ours, plain)  # the same kernels on the same values (no dropout here)
 
 
 def chunked_step(checkpoint_layers, frozen=(), autocast=False):
@@ -116,12 +111,12 @@ def test_many_chunks_of_rows_bit_for_bit(frozen):
     assert_same_bits(chunked_step(True, frozen), plain)
 
 
-def test_many_chunks_of_rows_bf16():
-    plain, ours = chunked_step(False, autocast=True), chunked_step(True, autocast=True)
-    assert abs(ours[0].item() - plain[0].item()) <= 1e-3 * abs(plain[0].item())
-    for name, g in plain[1].items():
-        cos = torch.nn.functional.cosine_similarity(ours[1][name].flatten().double(), g.flatten().double(), dim=0)
-        assert cos > 0.999, f"{name}: cosine {cos.item():.6f}"
+def test_many_chunks_of_rows_bf16_bit_for_bit():
+    """Under bf16 autocast too: the recomputation casts the layer output's float32 gradient a chunk
+    at a time where the plain net's residual casts it whole, and the feed-forward's second bias
+    sums either in float32 over the same chunks (arwrap-train's resume test runs this)."""
+    plain = chunked_step(False, autocast=True)
+    assert_same_bits(chunked_step(True, autocast=True), plain)
 
 
 def saved_bytes(checkpoint_layers, depth):
