@@ -108,13 +108,17 @@ run bad_input "$BUILD/cpp/bad_input"
 run native_consumer "$BUILD/cpp/native_consumer" "$DATA/model.pt" "$DATA/tokens.txt"
 run dist_check "$BUILD/cpp/dist_check" check   # arwrap::distributed's library API, one process
 run ddp_example "$BUILD/cpp/ddp_example"
-# the C++ trainer: a short run with validation, sampling and checkpoints, a resume, and a
-# corrupt checkpoint (which must end in a clean error, exit status 1)
+# the C++ trainer: a short run with validation, sampling and checkpoints, a resume that
+# recomputes its layers in the backward (checkpoint_layers: the attention's backward written over
+# q, k, v, the feed-forward's backward from the layer input, the incoming gradient written over),
+# the same in float32, and a corrupt checkpoint (which must end in a clean error, exit status 1)
 CORPUS="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')/json"
 TRAIN=(--data "$CORPUS" --seq-len 32 --dim 32 --depth 2 --heads 2 --dim-head 16 --batch 4 --threads 2
        --val-every 10 --val-windows 4 --sample-every 20 --sample-len 16 --save-every 10 --checkpoint "$DATA/train.pt")
 run arwrap-train "$BUILD/train/arwrap-train" "${TRAIN[@]}" --steps 20
-run arwrap-train-resume "$BUILD/train/arwrap-train" "${TRAIN[@]}" --steps 30 --resume
+run arwrap-train-resume "$BUILD/train/arwrap-train" "${TRAIN[@]}" --steps 30 --resume --checkpoint-layers
+run arwrap-train-fp32-recompute "$BUILD/train/arwrap-train" "${TRAIN[@]/train.pt/train_fp32.pt}" --steps 5 \
+  --precision fp32 --checkpoint-layers
 head -c 3000 "$DATA/train.pt" > "$DATA/corrupt.pt"
 run arwrap-train-corrupt bash -c '"$0" --checkpoint "$1" --sample x 2>&1; test $? -eq 1' \
   "$BUILD/train/arwrap-train" "$DATA/corrupt.pt"

@@ -74,7 +74,8 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
     const at::Tensor &x = saved[0], &gamma = saved[1];
     const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
     const bool rms = ctx->saved_data["rms"].toBool(), unit_offset = ctx->saved_data["unit_offset"].toBool();
-    const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1), n_w = saved.size() - 2;
+    const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+    const size_t n_w = saved.size() - 2;
     const at::Tensor x2 = x.reshape({rows, D});
     // Over chunks of rows (chunk_rows, by dh's float32 row): the recomputed norm output and dh
     // hold a chunk, not the batch, beside the q, k, v gradients (in checkpoint_layers' backward
