@@ -227,10 +227,13 @@ struct LayerRecompute : public torch::autograd::Node {
     }
     // x's gradient through the residual: added as the engine adds a second gradient (exact in either order)
     if (ff_direct && should_compute_output(0)) {
-      if (!where.empty() && where[0] == 0 && g[0].defined()) {
-        g[0] = g[0].add_(d_residual);  // the engine's result is this call's alone
+      at::Tensor& dx = !where.empty() && where[0] == 0 ? g[0] : out[0];
+      if (!dx.defined()) {
+        dx = d_residual;
       } else {
-        out[0] = d_residual;
+        // in place where the engine's result is this call's alone (the projections' fresh d x)
+        const bool alone = dx.use_count() == 1 && dx.storage().use_count() == 1;
+        dx = alone ? dx.add_(d_residual) : dx + d_residual;
       }
     }
     for (size_t j = 0; j < where.size(); ++j) out[where[j]] = g[j];
