@@ -158,8 +158,10 @@ at::Tensor decoder_layer(const at::Tensor& x, const LayerWeights& w, const Decod
 // DecoderOptions::checkpoint_layers: decoder_layer (without caches) as one autograd function that
 // runs the layer without recording and saves only x and the weights; its backward restores the
 // forward's random state (dropout) and autocast settings, runs the layer again with recording
-// and back-propagates through it (layer_checkpoint.cpp). The same values and gradients as
-// decoder_layer, bit for bit in float32. Not twice differentiable.
+// (the attention block only, where the feed-forward is the lean block: its backward then runs
+// from x and the attention's output, lean_feed_forward_backward) and back-propagates through it
+// (layer_checkpoint.cpp). The same values and gradients as decoder_layer, bit for bit in float32
+// and (without dropout, as tested) under bf16 autocast. Not twice differentiable.
 at::Tensor checkpointed_decoder_layer(const at::Tensor& x, const LayerWeights& w, const DecoderOptions& d,
                                       const AttentionContext& ctx, bool training, at::Tensor* lse);
 

@@ -178,7 +178,7 @@ const std::vector<Flag>& flags() {
       {kTraining, "checkpoint-layers", "",
        "each layer keeps only its input and recomputes itself in the backward"
        "\n(DecoderOptions::checkpoint_layers): less memory, the same gradients,"
-       "\nabout one more forward per step. Not stored: give it again on --resume", false,
+       "\nabout one more attention forward per step. Not stored: give it again on --resume", false,
        [](Args& a, const std::string&, const std::string&) { a.checkpoint_layers = true; }, nullptr},
       string_flag(kTraining, "checkpoint", "PATH", &Args::checkpoint, false,
                   "checkpoint file (default arwrap-train.pt); written atomically", {}, true),
