@@ -49,8 +49,7 @@ at::Tensor activate(const at::Tensor& f, bool glu, bool swish) {
 // of A's inner 2048 made its step 2-3% slower, 512 rows 0-2%, B's and T's within the noise);
 // fixed by the shape alone, so the thread count does not change a bit.
 constexpr int64_t kChunkBytes = int64_t{2} << 20;
-constexpr int64_t kMinRows = 512;
-
+constexpr int64_t kMinRows = 512;  // chunk_rows, below
 
 // out := x @ w^T + b (out 2-d rows of the result, x, w, b in one dtype), ATen's linear on 2-d x
 // (addmm), on the float32 route of low_precision_mm.h where ATen's low-precision CPU GEMM is slow

@@ -89,7 +89,7 @@ class NormProjections : public torch::autograd::Function<NormProjections> {
       any = true;
       g[i] = grads[i].reshape({rows, saved[2 + i].size(0)});
       wc[i] = saved[2 + i].to(dt);
-      dw[i] = at::empty(saved[2 + i].sizes(), acc);
+      dw[i] = rows > 0 ? at::empty(saved[2 + i].sizes(), acc) : at::zeros(saved[2 + i].sizes(), acc);  // set by chunk 0
     }
     // dx made in x's shape and written through a 2-d view: a view handed back would keep its base
     // alive, and the engine could not add the residual's gradient into it in place
