@@ -14,7 +14,9 @@ are not counted.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,7 +27,7 @@ def main():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_step import CONFIGS, build, is_bf16, step_of
+    from bench_step import CONFIGS, build, step_of
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="B", choices=sorted(CONFIGS))
@@ -42,21 +44,19 @@ def main():
     step()
     step()
 
-    import json
-    import tempfile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     # the chrome trace carries each allocation's address and size (the [memory] instant events'
     # Addr and Bytes, negative for a free); the Python event list carries no address
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
-        trace = json.load(open(f.name))["traceEvents"]
+        with open(f.name) as fh:
+            trace = json.load(fh)["traceEvents"]
     mem = sorted((e["ts"], int(e["args"]["Bytes"]), int(e["args"]["Addr"])) for e in trace
                  if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0)
     if not mem:
         raise SystemExit("the profiler recorded no memory events")
-    # the innermost operator whose time range holds a moment: the one that made an allocation
+    # every operator's time range: those open when an allocation happened made it
     ops = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in trace
                  if e.get("ph") == "X" and e.get("cat") == "cpu_op")
 

@@ -21,7 +21,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -92,6 +91,10 @@ void set_rng_state(const at::Device& device, const at::Tensor& state) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(state);
 }
+
+// Whether t's memory is reachable only through this handle (no other tensor, view or saved
+// variable shares its storage): then it may be written over.
+bool sole_owner(const at::Tensor& t) { return t.use_count() == 1 && t.storage().use_count() == 1; }
 
 bool draws_random(const DecoderOptions& d, bool training) {
   return training && (d.attn_dropout() > 0 || d.ff_dropout() > 0);
@@ -174,8 +177,8 @@ struct LayerRecompute : public torch::autograd::Node {
           // d (x + p) = the block's d input + the output's gradient, written over that gradient
           // where nothing but this call holds it (the engine hands it over), else into new memory
           const at::Tensor& g0 = grads[0];
-          const bool ours = g0.use_count() == 1 && g0.storage().use_count() == 1 && g0.is_contiguous() &&
-                            g0.scalar_type() == inputs[0].scalar_type() && g0.sizes() == inputs[0].sizes();
+          const bool ours = sole_owner(g0) && g0.is_contiguous() && g0.scalar_type() == inputs[0].scalar_type() &&
+                            g0.sizes() == inputs[0].sizes();
           const at::Tensor into = ours ? g0 : at::empty(inputs[0].sizes(), inputs[0].options());
           ff = lean_feed_forward_backward(g0, inputs[0].detach(), y.detach(), w, d_, into);
           grads[0].reset();
@@ -232,8 +235,7 @@ struct LayerRecompute : public torch::autograd::Node {
         dx = d_residual;
       } else {
         // in place where the engine's result is this call's alone (the projections' fresh d x)
-        const bool alone = dx.use_count() == 1 && dx.storage().use_count() == 1;
-        dx = alone ? dx.add_(d_residual) : dx + d_residual;
+        dx = sole_owner(dx) ? dx.add_(d_residual) : dx + d_residual;
       }
     }
     for (size_t j = 0; j < where.size(); ++j) out[where[j]] = g[j];
